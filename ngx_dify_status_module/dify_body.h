@@ -1,0 +1,51 @@
+/*
+ * Copyright (C) The ngx_dify_status_module authors
+ *
+ * Validation of the batch-status JSON body with jansson.
+ * Pure logic: no nginx header is included here.
+ */
+
+
+#ifndef _DIFY_BODY_H_INCLUDED_
+#define _DIFY_BODY_H_INCLUDED_
+
+
+#include <stddef.h>
+
+
+#define DIFY_BODY_MESSAGE_LEN  192
+
+
+typedef struct {
+    size_t      max_documents;      /* 0: no cap */
+    unsigned    ids_any:1;          /* 0: every id must be a UUID */
+    unsigned    reject_duplicates:1;
+} dify_body_conf_t;
+
+
+typedef enum {
+    DIFY_BODY_OK = 0,
+    DIFY_BODY_BAD_REQUEST,          /* row 6: not a JSON object */
+    DIFY_BODY_INVALID_PARAM,        /* row 7: message says which field */
+    DIFY_BODY_NOMEM
+} dify_body_rc_e;
+
+
+typedef struct {
+    size_t      documents;          /* number of document_ids when OK */
+    char        message[DIFY_BODY_MESSAGE_LEN];
+} dify_body_result_t;
+
+
+/*
+ * Row 6: valid UTF-8 JSON, no duplicate keys at any depth, an object.
+ * Row 7: "document_ids" present, an array of strings, at most
+ * max_documents items, each a UUID unless ids_any, no two equal
+ * (UUIDs compared case-insensitively) when reject_duplicates.
+ * The jansson tree is freed before returning, on every path.
+ */
+dify_body_rc_e dify_body_validate(const unsigned char *data, size_t len,
+    const dify_body_conf_t *conf, dify_body_result_t *res);
+
+
+#endif /* _DIFY_BODY_H_INCLUDED_ */

@@ -1,0 +1,226 @@
+/*
+ * Copyright (C) The ngx_dify_status_module authors
+ *
+ * What the module's nginx-side files share: configuration, the request
+ * context, and the interfaces of the Redis connection, the limiter and
+ * the metrics.
+ */
+
+
+#ifndef _NGX_HTTP_DIFY_STATUS_H_INCLUDED_
+#define _NGX_HTTP_DIFY_STATUS_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <hiredis/hiredis.h>
+
+#include "dify_request.h"
+#include "dify_body.h"
+#include "dify_gcra.h"
+#include "dify_key.h"
+
+
+/* the answers of the contract, in its order */
+typedef enum {
+    NGX_HTTP_DIFY_NOT_FOUND = 0,        /* 404 */
+    NGX_HTTP_DIFY_UNAUTHORIZED,         /* 401 */
+    NGX_HTTP_DIFY_INVALID_ACTION,       /* 400 */
+    NGX_HTTP_DIFY_UNSUPPORTED_MEDIA,    /* 415 */
+    NGX_HTTP_DIFY_TOO_LARGE,            /* 413 */
+    NGX_HTTP_DIFY_BAD_REQUEST,          /* 400 */
+    NGX_HTTP_DIFY_INVALID_PARAM,        /* 400 */
+    NGX_HTTP_DIFY_TOO_MANY_REQUESTS,    /* dify_status_limit_status */
+    NGX_HTTP_DIFY_FORBIDDEN,            /* 403 */
+    NGX_HTTP_DIFY_UNAVAILABLE,          /* 503 */
+    NGX_HTTP_DIFY_NCODES
+} ngx_http_dify_code_e;
+
+
+/* what happened to a request, for $dify_status and the metrics */
+typedef enum {
+    NGX_HTTP_DIFY_OUTCOME_NONE = 0,     /* not (yet) decided */
+    NGX_HTTP_DIFY_OUTCOME_PASSED,
+    NGX_HTTP_DIFY_OUTCOME_REJECTED,     /* rows 1-7 */
+    NGX_HTTP_DIFY_OUTCOME_LIMITED,      /* row 8 */
+    NGX_HTTP_DIFY_OUTCOME_BLOCKED,      /* row 8b */
+    NGX_HTTP_DIFY_OUTCOME_DRY_RUN,      /* would be limited, passed */
+    NGX_HTTP_DIFY_OUTCOME_FB_ALLOWED,   /* Redis failed, let through */
+    NGX_HTTP_DIFY_OUTCOME_FB_DENIED,    /* Redis failed, row 9 */
+    NGX_HTTP_DIFY_OUTCOME_FB_PASSED,    /* Redis failed, local limit ok */
+    NGX_HTTP_DIFY_OUTCOME_FB_LIMITED    /* Redis failed, local limit hit */
+} ngx_http_dify_outcome_e;
+
+
+#define NGX_HTTP_DIFY_FALLBACK_ALLOW  0
+#define NGX_HTTP_DIFY_FALLBACK_DENY   1
+#define NGX_HTTP_DIFY_FALLBACK_LOCAL  2
+
+#define NGX_HTTP_DIFY_COST_REQUEST    0
+#define NGX_HTTP_DIFY_COST_DOCUMENTS  1
+
+
+typedef struct {
+    ngx_str_t                  address;     /* as written, for logs */
+    ngx_str_t                  host;        /* an IP address, or empty */
+    ngx_int_t                  port;
+    ngx_str_t                  unix_path;   /* NUL-terminated, or empty */
+    ngx_int_t                  db;
+    ngx_str_t                  user;
+    ngx_str_t                  password;
+    ngx_msec_t                 timeout;
+    ngx_msec_t                 connect_timeout;
+} ngx_http_dify_redis_conf_t;
+
+
+typedef struct {
+    ngx_http_dify_redis_conf_t *redis;      /* NULL: no Redis configured */
+    ngx_shm_zone_t            *shm_zone;    /* keys' state, see limit.c */
+    ssize_t                    shm_size;
+    ngx_shm_zone_t            *metrics_zone;
+} ngx_http_dify_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                 enable;
+    size_t                     max_body_size;
+    ngx_uint_t                 max_documents;
+    ngx_uint_t                 document_ids;        /* 0 uuid, 1 any */
+    ngx_uint_t                 duplicate_ids;       /* 0 allow, 1 reject */
+
+    dify_gcra_limit_t          limit;               /* rate 0: no limit */
+    ngx_uint_t                 cost;
+    ngx_uint_t                 limit_status;
+    ngx_flag_t                 limit_headers;
+    ngx_uint_t                 fallback;
+    ngx_flag_t                 dry_run;
+    ngx_uint_t                 log_level;
+    ngx_str_t                  prefix;              /* Redis key prefix */
+} ngx_http_dify_loc_conf_t;
+
+
+typedef struct ngx_http_dify_redis_cmd_s  ngx_http_dify_redis_cmd_t;
+
+
+typedef struct {
+    ngx_uint_t                 outcome;             /* _OUTCOME_* */
+    ngx_uint_t                 code;                /* when rejected */
+    ngx_uint_t                 status;              /* when rejected */
+
+    ngx_str_t                  dataset_id;
+    ngx_str_t                  action;
+    ngx_uint_t                 documents;           /* count of ids */
+    u_char                     key_hash[DIFY_KEY_HASH_LEN];
+    u_char                     message[DIFY_BODY_MESSAGE_LEN];
+    size_t                     message_len;
+
+    dify_gcra_result_t         gcra;                /* when has_gcra */
+    uint64_t                   cost;
+
+    ngx_http_dify_redis_cmd_t *cmd;                 /* a pending command */
+    ngx_event_t                wait;                /* timer and resume */
+    ngx_http_request_t        *request;
+
+    unsigned                   matched:1;
+    unsigned                   done:1;              /* verdict is known */
+    unsigned                   waiting:1;           /* body or Redis */
+    unsigned                   has_key:1;
+    unsigned                   has_gcra:1;
+    unsigned                   noscript:1;          /* EVAL sent after it */
+    unsigned                   redis_failed:1;
+} ngx_http_dify_ctx_t;
+
+
+extern ngx_module_t  ngx_http_dify_status_module;
+
+
+/*
+ * ngx_http_dify_status_redis.c: one connection per worker, driven by
+ * the worker's event loop, shared by all requests (hiredis pipelines
+ * them and keeps their callbacks in order).
+ *
+ * The handler is called exactly once for every command that
+ * ngx_http_dify_redis_command() accepted, unless the caller cancelled
+ * it first: with the reply, or with NULL when the connection went away
+ * first.  The reply belongs to hiredis and lives only for the call.
+ * The handler may send a new command when reply is not NULL.
+ */
+typedef void (*ngx_http_dify_redis_pt)(redisReply *reply, void *data);
+
+char *ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_dify_redis_init_process(ngx_cycle_t *cycle,
+    ngx_http_dify_redis_conf_t *rcf);
+void ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle);
+/* 1 when the connection is established and its handshake answered */
+ngx_uint_t ngx_http_dify_redis_is_up(void);
+/* NULL when the connection is down, or on failure */
+ngx_http_dify_redis_cmd_t *ngx_http_dify_redis_command(
+    ngx_http_dify_redis_pt handler, void *data, int argc,
+    const char **argv, const size_t *argvlen);
+/*
+ * The caller has gone (timeout, client abort): its handler will not be
+ * called.  timed_out tells the connection that a reply is overdue, so
+ * that a hung Redis is detected and the connection re-established.
+ */
+void ngx_http_dify_redis_cancel(ngx_http_dify_redis_cmd_t *cmd,
+    ngx_uint_t timed_out);
+
+
+/* ngx_http_dify_status_metrics.c: counters in shared memory */
+typedef enum {
+    NGX_HTTP_DIFY_M_CHECKED = 0,        /* requests intercepted */
+    NGX_HTTP_DIFY_M_PASSED,
+    NGX_HTTP_DIFY_M_LIMITED,
+    NGX_HTTP_DIFY_M_LIMITED_CACHED,     /* limited without asking Redis */
+    NGX_HTTP_DIFY_M_DRY_RUN_LIMITED,
+    NGX_HTTP_DIFY_M_REDIS_COMMANDS,
+    NGX_HTTP_DIFY_M_REDIS_ERRORS,
+    NGX_HTTP_DIFY_M_REDIS_TIMEOUTS,
+    NGX_HTTP_DIFY_M_REDIS_RECONNECTS,
+    NGX_HTTP_DIFY_M_REDIS_NOSCRIPT,
+    NGX_HTTP_DIFY_M_FALLBACK_ALLOW,
+    NGX_HTTP_DIFY_M_FALLBACK_DENY,
+    NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED,
+    NGX_HTTP_DIFY_M_FALLBACK_LOCAL_LIMITED,
+    NGX_HTTP_DIFY_M_NCOUNTERS
+} ngx_http_dify_metric_e;
+
+void ngx_http_dify_metrics_inc(ngx_uint_t metric);
+void ngx_http_dify_metrics_rejected(ngx_uint_t code, ngx_uint_t status);
+void ngx_http_dify_metrics_rtt(ngx_msec_int_t usec);   /* in microseconds */
+ngx_int_t ngx_http_dify_metrics_init_conf(ngx_conf_t *cf,
+    ngx_http_dify_main_conf_t *mcf);
+char *ngx_http_dify_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+
+/* ngx_http_dify_status_limit.c: the limiter */
+ngx_int_t ngx_http_dify_limit_init_conf(ngx_conf_t *cf,
+    ngx_http_dify_main_conf_t *mcf);
+char *ngx_http_dify_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+/*
+ * Decides the limit for a validated request.  Returns NGX_OK when the
+ * verdict is known at once (ctx->outcome set), NGX_AGAIN when a Redis
+ * reply is awaited: the request is then resumed through ctx->wait.
+ */
+ngx_int_t ngx_http_dify_limit_start(ngx_http_request_t *r,
+    ngx_http_dify_ctx_t *ctx);
+/* adds the RateLimit fields to r->headers_out when configured */
+ngx_int_t ngx_http_dify_limit_headers(ngx_http_request_t *r,
+    ngx_http_dify_ctx_t *ctx);
+
+
+/* ngx_http_dify_status_variables.c */
+ngx_int_t ngx_http_dify_add_variables(ngx_conf_t *cf);
+
+
+/* ngx_http_dify_status_module.c */
+ngx_http_dify_ctx_t *ngx_http_dify_get_ctx(ngx_http_request_t *r);
+extern const ngx_str_t  ngx_http_dify_codes[NGX_HTTP_DIFY_NCODES];
+
+
+#endif /* _NGX_HTTP_DIFY_STATUS_H_INCLUDED_ */
