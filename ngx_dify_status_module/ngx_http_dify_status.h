@@ -78,8 +78,10 @@ typedef struct {
 typedef struct {
     ngx_http_dify_redis_conf_t *redis;      /* NULL: no Redis configured */
     ngx_shm_zone_t            *shm_zone;    /* keys' state, see limit.c */
-    ssize_t                    shm_size;
+    size_t                     shm_size;
     ngx_shm_zone_t            *metrics_zone;
+    ngx_flag_t                 limit_used;
+    u_char                     script_sha1[DIFY_SHA1_HEX_LEN];
 } ngx_http_dify_main_conf_t;
 
 
@@ -90,7 +92,8 @@ typedef struct {
     ngx_uint_t                 document_ids;        /* 0 uuid, 1 any */
     ngx_uint_t                 duplicate_ids;       /* 0 allow, 1 reject */
 
-    dify_gcra_limit_t          limit;               /* rate 0: no limit */
+    ngx_flag_t                 limit_set;
+    dify_gcra_limit_t          limit;
     ngx_uint_t                 cost;
     ngx_uint_t                 limit_status;
     ngx_flag_t                 limit_headers;
@@ -130,6 +133,8 @@ typedef struct {
     unsigned                   has_gcra:1;
     unsigned                   noscript:1;          /* EVAL sent after it */
     unsigned                   redis_failed:1;
+    unsigned                   sent:1;              /* verdict acted on */
+    unsigned                   headers_added:1;
 } ngx_http_dify_ctx_t;
 
 
@@ -209,8 +214,14 @@ char *ngx_http_dify_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd,
  */
 ngx_int_t ngx_http_dify_limit_start(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx);
+/* the timer of a pending Redis reply fired: take the fallback */
+void ngx_http_dify_limit_timeout(ngx_http_request_t *r,
+    ngx_http_dify_ctx_t *ctx);
 /* adds the RateLimit fields to r->headers_out when configured */
 ngx_int_t ngx_http_dify_limit_headers(ngx_http_request_t *r,
+    ngx_http_dify_ctx_t *ctx);
+/* adds Retry-After to a rejection that has one (limited, 503) */
+ngx_int_t ngx_http_dify_limit_retry_after(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx);
 
 
@@ -220,6 +231,11 @@ ngx_int_t ngx_http_dify_add_variables(ngx_conf_t *cf);
 
 /* ngx_http_dify_status_module.c */
 ngx_http_dify_ctx_t *ngx_http_dify_get_ctx(ngx_http_request_t *r);
+/* records a rejection: the phase handler sends it */
+void ngx_http_dify_reject(ngx_http_dify_ctx_t *ctx, ngx_uint_t code,
+    ngx_uint_t status, const char *message, size_t len);
+ngx_table_elt_t *ngx_http_dify_find_header(ngx_http_request_t *r,
+    const char *name);
 extern const ngx_str_t  ngx_http_dify_codes[NGX_HTTP_DIFY_NCODES];
 
 
