@@ -64,6 +64,8 @@ deps:
 
 build: deps $(MODULE)
 
+# Debian's recipe: nginx-dev's sources configured with Debian's flags
+# (conf_flags), copied into build/ so the system folder stays untouched.
 # $(1): build folder, $(2): cc opt, $(3): ld opt
 define ngx_configure
 	rm -rf $(1) && mkdir -p $(1)
@@ -74,16 +76,24 @@ define ngx_configure
 	        --add-dynamic-module=$(CURDIR) \
 	        --builddir=$(1)/objs > $(1)/configure.log \
 	    || { tail -20 $(1)/configure.log; exit 1; }
-	$(MAKE) -s -f $(1)/objs/Makefile -C $(1)/nginx-src modules
 endef
 
-$(MODULE): $(SRCS)
-	$(call ngx_configure,$(BUILD)/release,$(CC_OPT),$(LD_OPT))
-	cp $(BUILD)/release/objs/ngx_http_dify_status_module.so $@
+define ngx_make
+	$(MAKE) -s -f $(1)/objs/Makefile -C $(1)/nginx-src modules
+	cp $(1)/objs/ngx_http_dify_status_module.so $@
+endef
 
-$(ASAN_MOD): $(SRCS)
+$(BUILD)/release/objs/Makefile: config
+	$(call ngx_configure,$(BUILD)/release,$(CC_OPT),$(LD_OPT))
+
+$(BUILD)/asan/objs/Makefile: config
 	$(call ngx_configure,$(BUILD)/asan,$(SAN_OPT),$(SAN_LD))
-	cp $(BUILD)/asan/objs/ngx_http_dify_status_module.so $@
+
+$(MODULE): $(SRCS) $(BUILD)/release/objs/Makefile
+	$(call ngx_make,$(BUILD)/release)
+
+$(ASAN_MOD): $(SRCS) $(BUILD)/asan/objs/Makefile
+	$(call ngx_make,$(BUILD)/asan)
 
 # unit tests of the pure core (no nginx), under ASan and UBSan
 UNIT_TESTS := $(patsubst t/unit/%.c,$(BUILD)/unit/%,$(wildcard t/unit/test_*.c))
