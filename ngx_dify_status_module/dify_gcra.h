@@ -24,6 +24,11 @@
  *     max(tat, now) + c * interval - now <= burst * interval
  * and then tat becomes max(tat, now) + c * interval.
  */
+#define DIFY_GCRA_MAX_RATE     1000000      /* units per period */
+#define DIFY_GCRA_MAX_BURST    1000000      /* units */
+#define DIFY_GCRA_MAX_PERIOD   3600         /* in seconds */
+
+
 typedef struct {
     uint64_t    rate;               /* units per period, >= 1 */
     uint64_t    period;             /* in seconds: 1, 60 or 3600 */

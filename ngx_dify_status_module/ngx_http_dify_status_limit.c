@@ -963,7 +963,7 @@ ngx_http_dify_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (ngx_strncmp(value[i].data, "burst=", 6) == 0) {
 
             n = ngx_atoi(value[i].data + 6, value[i].len - 6);
-            if (n <= 0) {
+            if (n <= 0 || n > DIFY_GCRA_MAX_BURST) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid burst value \"%V\"", &value[i]);
                 return NGX_CONF_ERROR;

@@ -262,7 +262,9 @@ ngx_http_dify_handler(ngx_http_request_t *r)
     ngx_http_dify_ctx_t       *ctx;
     ngx_http_dify_loc_conf_t  *dlcf;
 
-    if (r != r->main) {
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
+
+    if (!dlcf->enable || r->method != NGX_HTTP_PATCH || r != r->main) {
         return NGX_DECLINED;
     }
 
@@ -273,15 +275,7 @@ ngx_http_dify_handler(ngx_http_request_t *r)
             return NGX_AGAIN;
         }
 
-        dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
-
         return ngx_http_dify_verdict(r, dlcf, ctx);
-    }
-
-    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
-
-    if (!dlcf->enable || r->method != NGX_HTTP_PATCH) {
-        return NGX_DECLINED;
     }
 
     if (!dify_route_match(r->uri.data, r->uri.len, &dataset_id, &action)) {
