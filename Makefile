@@ -126,6 +126,7 @@ FUZZERS   := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/fuzz_*.c))
 $(BUILD)/fuzz/%: fuzz/%.c $(PURE_SRCS)
 	@mkdir -p $(BUILD)/fuzz
 	clang -g -O1 -I$(SRCDIR) -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all \
 	    -o $@ $< $(PURE_SRCS) -ljansson -lhiredis -lcrypto
 
 fuzz: deps $(FUZZERS)

@@ -17,11 +17,14 @@
 #define DIFY_SHA1_HEX_LEN  40
 
 
-/* lowercase hex SHA-256 of the raw token; hex gets no terminating NUL */
-void dify_key_hash(const unsigned char *token, size_t len, char *hex);
+/*
+ * Lowercase hex SHA-256 of the raw token; hex gets no terminating NUL.
+ * Both return 0, or -1 when OpenSSL fails (out of memory).
+ */
+int dify_key_hash(const unsigned char *token, size_t len, char *hex);
 
 /* lowercase hex SHA-1, as Redis names a script for EVALSHA */
-void dify_sha1_hex(const unsigned char *data, size_t len, char *hex);
+int dify_sha1_hex(const unsigned char *data, size_t len, char *hex);
 
 
 #endif /* _DIFY_KEY_H_INCLUDED_ */

@@ -868,8 +868,12 @@ ngx_http_dify_limit_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
         return NGX_ERROR;
     }
 
-    dify_sha1_hex((const unsigned char *) dify_gcra_script,
-                  ngx_strlen(dify_gcra_script), (char *) mcf->script_sha1);
+    if (dify_sha1_hex((const unsigned char *) dify_gcra_script,
+                      ngx_strlen(dify_gcra_script), (char *) mcf->script_sha1)
+        != 0)
+    {
+        return NGX_ERROR;
+    }
 
     zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_dify_zone_t));
     if (zone == NULL) {

@@ -370,7 +370,14 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
 
     /* the raw key goes no further than this hash */
 
-    dify_key_hash(token.data, token.len, (char *) ctx->key_hash);
+    if (dify_key_hash(token.data, token.len, (char *) ctx->key_hash) != 0) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "dify_status: hashing the key failed");
+        ctx->status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ctx->done = 1;
+        return NGX_ERROR;
+    }
+
     ctx->has_key = 1;
 
     if (!dify_action_is_valid(action->data, action->len)) {

@@ -1,0 +1,348 @@
+/*
+ * Copyright (C) The ngx_dify_status_module authors
+ *
+ * Validation of the batch-status JSON body with jansson.
+ * Pure logic: no nginx header is included here.
+ */
+
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+
+#include "dify_body.h"
+#include "dify_request.h"
+
+
+/*
+ * JSON_DECODE_INT_AS_REAL: integers beyond 64 bits are valid JSON and
+ * Python reads them; without the flag jansson fails on them.
+ */
+#define DIFY_BODY_JSON_FLAGS                                                  \
+    (JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL)
+
+#define DIFY_BODY_STACK_IDS  32     /* ids sorted without malloc() */
+
+
+typedef struct {
+    uint64_t              hi;       /* a UUID's 128 bits */
+    uint64_t              lo;
+    const unsigned char  *data;     /* any other id, as it is */
+    size_t                len;
+    size_t                index;    /* in document_ids */
+} dify_body_id_t;
+
+
+static dify_body_rc_e dify_body_ids(json_t *ids,
+    const dify_body_conf_t *conf, dify_body_result_t *res);
+static dify_body_rc_e dify_body_duplicates(json_t *ids, size_t n, int any,
+    dify_body_result_t *res);
+static void dify_body_uuid_bits(const unsigned char *p, dify_body_id_t *id);
+static int dify_body_cmp_uuid(const void *one, const void *two);
+static int dify_body_cmp_any(const void *one, const void *two);
+static void dify_body_error(dify_body_result_t *res, const char *text);
+
+
+dify_body_rc_e
+dify_body_validate(const unsigned char *data, size_t len,
+    const dify_body_conf_t *conf, dify_body_result_t *res)
+{
+    json_t          *root, *ids;
+    json_error_t     err;
+    dify_body_rc_e   rc;
+
+    res->documents = 0;
+    res->message[0] = '\0';
+
+    /*
+     * For BAD_REQUEST the message is for the log, not for the client:
+     * the contract's message is fixed.
+     */
+
+    if (len == 0) {
+        dify_body_error(res, "empty body");
+        return DIFY_BODY_BAD_REQUEST;
+    }
+
+    /* a UTF-8 byte order mark: json.loads() of bytes skips it */
+
+    if (len >= 3 && data[0] == 0xef && data[1] == 0xbb && data[2] == 0xbf) {
+        data += 3;
+        len -= 3;
+    }
+
+    root = json_loadb((const char *) data, len, DIFY_BODY_JSON_FLAGS, &err);
+
+    if (root == NULL) {
+
+        /*
+         * jansson returns NULL without an error when an allocation
+         * fails; the error's code is then not set either.
+         */
+
+        if (err.text[0] == '\0'
+            || json_error_code(&err) == json_error_out_of_memory)
+        {
+            dify_body_error(res, "out of memory");
+            return DIFY_BODY_NOMEM;
+        }
+
+        dify_body_error(res, err.text);
+        return DIFY_BODY_BAD_REQUEST;
+    }
+
+    if (!json_is_object(root)) {
+        json_decref(root);
+        dify_body_error(res, "not an object");
+        return DIFY_BODY_BAD_REQUEST;
+    }
+
+    ids = json_object_get(root, "document_ids");
+
+    if (ids == NULL) {
+        json_decref(root);
+        snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
+                 "document_ids is required.");
+        return DIFY_BODY_INVALID_PARAM;
+    }
+
+    rc = dify_body_ids(ids, conf, res);
+
+    json_decref(root);
+
+    return rc;
+}
+
+
+static dify_body_rc_e
+dify_body_ids(json_t *ids, const dify_body_conf_t *conf,
+    dify_body_result_t *res)
+{
+    size_t           i, n;
+    json_t          *item;
+    dify_body_rc_e   rc;
+
+    if (!json_is_array(ids)) {
+        snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
+                 "document_ids must be an array of strings.");
+        return DIFY_BODY_INVALID_PARAM;
+    }
+
+    n = json_array_size(ids);
+
+    if (conf->max_documents != 0 && n > conf->max_documents) {
+        snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
+                 "document_ids must not contain more than %zu items.",
+                 conf->max_documents);
+        return DIFY_BODY_INVALID_PARAM;
+    }
+
+    for (i = 0; i < n; i++) {
+        item = json_array_get(ids, i);
+
+        if (!json_is_string(item)) {
+            snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
+                     "document_ids[%zu] must be a string.", i);
+            return DIFY_BODY_INVALID_PARAM;
+        }
+
+        if (!conf->ids_any
+            && !dify_is_uuid((const unsigned char *) json_string_value(item),
+                             json_string_length(item)))
+        {
+            snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
+                     "document_ids[%zu] is not a valid UUID.", i);
+            return DIFY_BODY_INVALID_PARAM;
+        }
+    }
+
+    if (conf->reject_duplicates && n > 1) {
+        rc = dify_body_duplicates(ids, n, conf->ids_any, res);
+        if (rc != DIFY_BODY_OK) {
+            return rc;
+        }
+    }
+
+    res->documents = n;
+
+    return DIFY_BODY_OK;
+}
+
+
+/*
+ * Sorts the ids by (value, index): equal values stand together, the
+ * first of each run at its lowest index.  Any other item of a run
+ * repeats that first one; the lowest index among them is the first
+ * duplicate in document order.  Every id is a string here, and a UUID
+ * unless "any".
+ */
+
+static dify_body_rc_e
+dify_body_duplicates(json_t *ids, size_t n, int any, dify_body_result_t *res)
+{
+    int              eq;
+    size_t           i, g, first, later;
+    json_t          *item;
+    dify_body_id_t  *v, *id;
+    dify_body_id_t   stack[DIFY_BODY_STACK_IDS];
+
+    if (n <= DIFY_BODY_STACK_IDS) {
+        v = stack;
+
+    } else {
+        if (n > SIZE_MAX / sizeof(dify_body_id_t)) {
+            snprintf(res->message, DIFY_BODY_MESSAGE_LEN, "out of memory");
+            return DIFY_BODY_NOMEM;
+        }
+
+        v = malloc(n * sizeof(dify_body_id_t));
+        if (v == NULL) {
+            snprintf(res->message, DIFY_BODY_MESSAGE_LEN, "out of memory");
+            return DIFY_BODY_NOMEM;
+        }
+    }
+
+    for (i = 0; i < n; i++) {
+        item = json_array_get(ids, i);
+        id = &v[i];
+
+        id->data = (const unsigned char *) json_string_value(item);
+        id->len = json_string_length(item);
+        id->index = i;
+
+        if (!any) {
+            dify_body_uuid_bits(id->data, id);
+        }
+    }
+
+    qsort(v, n, sizeof(dify_body_id_t),
+          any ? dify_body_cmp_any : dify_body_cmp_uuid);
+
+    first = 0;
+    later = n;              /* none */
+    g = 0;                  /* the first of the current run */
+
+    for (i = 1; i < n; i++) {
+
+        if (any) {
+            eq = v[i].len == v[g].len
+                 && memcmp(v[i].data, v[g].data, v[i].len) == 0;
+
+        } else {
+            eq = v[i].hi == v[g].hi && v[i].lo == v[g].lo;
+        }
+
+        if (!eq) {
+            g = i;
+            continue;
+        }
+
+        if (v[i].index < later) {
+            later = v[i].index;
+            first = v[g].index;
+        }
+    }
+
+    if (v != stack) {
+        free(v);
+    }
+
+    if (later == n) {
+        return DIFY_BODY_OK;
+    }
+
+    snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
+             "document_ids[%zu] duplicates document_ids[%zu].", later, first);
+
+    return DIFY_BODY_INVALID_PARAM;
+}
+
+
+/* p is a UUID (dify_is_uuid), in either case */
+
+static void
+dify_body_uuid_bits(const unsigned char *p, dify_body_id_t *id)
+{
+    size_t         i, n;
+    uint64_t       v[2];
+    unsigned char  c;
+
+    v[0] = 0;
+    v[1] = 0;
+
+    for (i = 0, n = 0; i < 36; i++) {
+        c = p[i];
+
+        if (c == '-') {
+            continue;
+        }
+
+        c = (c <= '9') ? c - '0' : (c | 0x20) - 'a' + 10;
+
+        v[n >> 4] = (v[n >> 4] << 4) | c;
+        n++;
+    }
+
+    id->hi = v[0];
+    id->lo = v[1];
+}
+
+
+static int
+dify_body_cmp_uuid(const void *one, const void *two)
+{
+    const dify_body_id_t  *a, *b;
+
+    a = one;
+    b = two;
+
+    if (a->hi != b->hi) {
+        return a->hi < b->hi ? -1 : 1;
+    }
+
+    if (a->lo != b->lo) {
+        return a->lo < b->lo ? -1 : 1;
+    }
+
+    return (a->index > b->index) - (a->index < b->index);
+}
+
+
+static int
+dify_body_cmp_any(const void *one, const void *two)
+{
+    int                    rc;
+    const dify_body_id_t  *a, *b;
+
+    a = one;
+    b = two;
+
+    rc = memcmp(a->data, b->data, a->len < b->len ? a->len : b->len);
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (a->len != b->len) {
+        return a->len < b->len ? -1 : 1;
+    }
+
+    return (a->index > b->index) - (a->index < b->index);
+}
+
+
+/* a log line: printable ASCII only, as jansson quotes the input */
+
+static void
+dify_body_error(dify_body_result_t *res, const char *text)
+{
+    size_t  i;
+
+    for (i = 0; i < DIFY_BODY_MESSAGE_LEN - 1 && text[i] != '\0'; i++) {
+        res->message[i] = (text[i] >= 0x20 && text[i] < 0x7f) ? text[i] : '?';
+    }
+
+    res->message[i] = '\0';
+}

@@ -1,0 +1,990 @@
+/*
+ * Copyright (C) The ngx_dify_status_module authors
+ *
+ * Unit tests of dify_body.c: rows 6 and 7 of the contract.
+ */
+
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "dify_body.h"
+
+
+#define U1  "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
+#define U2  "6fa459ea-ee8a-3ca4-894e-db77e160355e"
+#define U3  "886313e1-3b8a-5372-9b90-0c9aee199e5d"
+#define U1_UPPER  "3F2504E0-4F89-11D3-9A0C-0305E82C3301"
+
+#define BAD_UUID_MSG(i)  "document_ids[" #i "] is not a valid UUID."
+#define NOT_STRING_MSG(i)  "document_ids[" #i "] must be a string."
+#define NOT_ARRAY_MSG  "document_ids must be an array of strings."
+#define REQUIRED_MSG  "document_ids is required."
+
+
+/* the defaults of the module's directives */
+static const dify_body_conf_t  conf_uuid = { 100, 0, 1 };
+static const dify_body_conf_t  conf_any = { 100, 1, 1 };
+static const dify_body_conf_t  conf_dups = { 100, 0, 0 };
+static const dify_body_conf_t  conf_any_dups = { 100, 1, 0 };
+static const dify_body_conf_t  conf_nocap = { 0, 0, 1 };
+static const dify_body_conf_t  conf_any_nocap = { 0, 1, 1 };
+
+
+/*
+ * Validates a copy of exactly len bytes, so that ASan sees any read
+ * past the body, and checks what holds whatever the outcome.
+ */
+
+static dify_body_rc_e
+validate(const char *body, size_t len, const dify_body_conf_t *conf,
+    dify_body_result_t *res)
+{
+    size_t          i;
+    unsigned char  *copy;
+    dify_body_rc_e  rc;
+
+    copy = malloc(len ? len : 1);
+    assert_non_null(copy);
+    memcpy(copy, body, len);
+
+    memset(res, 'X', sizeof(dify_body_result_t));
+
+    rc = dify_body_validate(copy, len, conf, res);
+
+    free(copy);
+
+    assert_true(memchr(res->message, '\0', DIFY_BODY_MESSAGE_LEN) != NULL);
+
+    if (rc != DIFY_BODY_OK) {
+        assert_int_equal(res->documents, 0);
+    }
+
+    if (rc == DIFY_BODY_BAD_REQUEST) {
+        /* for the log: not empty, printable */
+        assert_true(res->message[0] != '\0');
+
+        for (i = 0; res->message[i] != '\0'; i++) {
+            assert_true(res->message[i] >= 0x20 && res->message[i] < 0x7f);
+        }
+    }
+
+    if (rc == DIFY_BODY_INVALID_PARAM) {
+        assert_memory_equal(res->message, "document_ids", 12);
+    }
+
+    return rc;
+}
+
+
+static void
+body_ok(const char *body, size_t len, const dify_body_conf_t *conf,
+    size_t documents)
+{
+    dify_body_rc_e      rc;
+    dify_body_result_t  res;
+
+    rc = validate(body, len, conf, &res);
+
+    if (rc != DIFY_BODY_OK) {
+        fail_msg("%.*s: rc %d, \"%s\"", (int) len, body, rc, res.message);
+    }
+
+    assert_int_equal(res.documents, documents);
+}
+
+
+static void
+body_bad(const char *body, size_t len, const dify_body_conf_t *conf)
+{
+    dify_body_rc_e      rc;
+    dify_body_result_t  res;
+
+    rc = validate(body, len, conf, &res);
+
+    if (rc != DIFY_BODY_BAD_REQUEST) {
+        fail_msg("%.*s: rc %d, \"%s\"", (int) len, body, rc, res.message);
+    }
+}
+
+
+static void
+body_param(const char *body, size_t len, const dify_body_conf_t *conf,
+    const char *message)
+{
+    dify_body_rc_e      rc;
+    dify_body_result_t  res;
+
+    rc = validate(body, len, conf, &res);
+
+    if (rc != DIFY_BODY_INVALID_PARAM || strcmp(res.message, message) != 0) {
+        fail_msg("%.*s: rc %d, \"%s\", expected \"%s\"", (int) len, body, rc,
+                 res.message, message);
+    }
+}
+
+
+/* the body is a literal, NUL bytes in it included */
+#define OK(c, b, n)     body_ok(b, sizeof(b) - 1, &c, n)
+#define BAD(c, b)       body_bad(b, sizeof(b) - 1, &c)
+#define PARAM(c, b, m)  body_param(b, sizeof(b) - 1, &c, m)
+
+
+static void
+test_valid(void **state)
+{
+    (void) state;
+
+    OK(conf_uuid, "{\"document_ids\": [\"" U1 "\"]}", 1);
+    OK(conf_uuid, "{\"document_ids\":[\"" U1 "\",\"" U2 "\",\"" U3 "\"]}", 3);
+    OK(conf_uuid, "{\"document_ids\": [\"" U1_UPPER "\"]}", 1);
+    OK(conf_uuid, "{\"document_ids\": []}", 0);
+    OK(conf_uuid, " \t\r\n{ \"document_ids\" : [ ] } \n\t\r ", 0);
+
+    /* other members, at any depth, are not looked at */
+    OK(conf_uuid, "{\"a\": 1, \"document_ids\": [], \"b\": {\"document_ids\": "
+       "5, \"c\": [null, true, false, 1.5e3, -0, \"x\", {}, []]}}", 0);
+    OK(conf_uuid, "{\"Document_ids\": 1, \"document_ids\": []}", 0);
+    OK(conf_uuid, "{\"document_ids \": 1, \"document_ids\": []}", 0);
+
+    /* an escaped key is the same key */
+    OK(conf_uuid, "{\"document\\u005fids\": [\"" U1 "\"]}", 1);
+
+    /* escapes in an id */
+    OK(conf_uuid, "{\"document_ids\": [\"\\u0033f2504e0-4f89-11d3-9a0c-"
+       "0305e82c3301\"]}", 1);
+    PARAM(conf_uuid, "{\"document_ids\": [\"3f2504e0\\/4f89-11d3-9a0c-"
+          "0305e82c3301\"]}", BAD_UUID_MSG(0));
+}
+
+
+static void
+test_not_json(void **state)
+{
+    dify_body_result_t  res;
+
+    (void) state;
+
+    assert_int_equal(dify_body_validate(NULL, 0, &conf_uuid, &res),
+                     DIFY_BODY_BAD_REQUEST);
+    assert_int_equal(res.documents, 0);
+    assert_true(res.message[0] != '\0');
+
+    BAD(conf_uuid, "");
+    BAD(conf_uuid, " ");
+    BAD(conf_uuid, "\r\n\t ");
+    BAD(conf_uuid, "{");
+    BAD(conf_uuid, "}");
+    BAD(conf_uuid, "{\"document_ids\": [}");
+    BAD(conf_uuid, "{\"document_ids\": []");
+    BAD(conf_uuid, "{\"document_ids\": [],}");
+    BAD(conf_uuid, "{\"document_ids\": [\"" U1 "\",]}");
+    BAD(conf_uuid, "{'document_ids': []}");
+    BAD(conf_uuid, "{document_ids: []}");
+    BAD(conf_uuid, "{\"document_ids\" []}");
+    BAD(conf_uuid, "{\"document_ids\": [] /* c */}");
+    BAD(conf_uuid, "// c\n{\"document_ids\": []}");
+    BAD(conf_uuid, "{\"document_ids\": []} x");
+    BAD(conf_uuid, "{\"document_ids\": []}{}");
+    BAD(conf_uuid, "{\"document_ids\": []}\n{\"document_ids\": []}");
+    BAD(conf_uuid, "{\"document_ids\": []}]");
+
+    /* not JSON numbers, though Python reads some */
+    BAD(conf_uuid, "{\"document_ids\": [], \"n\": NaN}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"n\": Infinity}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"n\": -Infinity}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"n\": 01}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"n\": +1}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"n\": .5}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"n\": 1.}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"n\": 0x10}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"n\": 1e}");
+
+    /* bad escapes and literals */
+    BAD(conf_uuid, "{\"document_ids\": [], \"s\": \"\\x41\"}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"s\": \"\\u12\"}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"s\": \"\\\"}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"s\": \"\\'\"}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"t\": True}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"t\": nul}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"t\": None}");
+
+    /* raw control characters in a string */
+    BAD(conf_uuid, "{\"document_ids\": [], \"s\": \"a\nb\"}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"s\": \"a\tb\"}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"s\": \"\x1f\"}");
+
+    /* JSON whitespace only: no vertical tab, form feed or NBSP */
+    BAD(conf_uuid, "\v{\"document_ids\": []}");
+    BAD(conf_uuid, "\f{\"document_ids\": []}");
+    BAD(conf_uuid, "\xc2\xa0{\"document_ids\": []}");
+}
+
+
+static void
+test_not_object(void **state)
+{
+    (void) state;
+
+    /* jansson without JSON_DECODE_ANY refuses these in the parser */
+    BAD(conf_uuid, "[]");
+    BAD(conf_uuid, "[{\"document_ids\": []}]");
+    BAD(conf_uuid, "\"document_ids\"");
+    BAD(conf_uuid, "1");
+    BAD(conf_uuid, "-1.5e3");
+    BAD(conf_uuid, "null");
+    BAD(conf_uuid, "true");
+    BAD(conf_uuid, "false");
+}
+
+
+static void
+test_duplicate_keys(void **state)
+{
+    (void) state;
+
+    /* the bypass the contract warns of: Python keeps the last one */
+    BAD(conf_uuid, "{\"document_ids\":[\"" U1 "\"],\"document_ids\":5}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"document_ids\":[]}");
+    BAD(conf_any, "{\"document_ids\":[\"x\"],\"document_ids\":[\"x\"]}");
+
+    /* the same key spelt with escapes */
+    BAD(conf_uuid, "{\"document_ids\":[],\"document\\u005fids\":[]}");
+    BAD(conf_uuid, "{\"document\\u005fids\":[],\"document_ids\":[]}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"\\u0064ocument_ids\":1}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"document_id\\u0073\":1}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"document_ids\\u0000\":1}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"a\\/b\":1,\"a/b\":2}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"\\u00e9\":1,\"\xc3\xa9\":2}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"\\ud83d\\ude00\":1,"
+        "\"\xf0\x9f\x98\x80\":2}");
+
+    /* at any depth */
+    BAD(conf_uuid, "{\"document_ids\":[],\"a\":{\"b\":1,\"b\":2}}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"a\":[{\"b\":1,\"b\":2}]}");
+    BAD(conf_uuid, "{\"a\":[[[{\"x\":{\"b\":1,\"b\":2}}]]],"
+        "\"document_ids\":[]}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"a\":{\"\":1,\"\":2}}");
+
+    /* equal keys in different objects, or different keys: fine */
+    OK(conf_uuid, "{\"document_ids\":[],\"a\":{\"b\":1},\"c\":{\"b\":2}}", 0);
+    OK(conf_uuid, "{\"document_ids\":[],\"a\":[{\"b\":1},{\"b\":2}]}", 0);
+    OK(conf_uuid, "{\"document_ids\":[],\"b\":1,\"B\":2,\"b \":3}", 0);
+    OK(conf_uuid, "{\"document_ids\":[],\"a\":{\"document_ids\":1}}", 0);
+    OK(conf_uuid, "{\"document_ids\":[],\"\":1}", 0);
+}
+
+
+static void
+test_utf8(void **state)
+{
+    (void) state;
+
+    OK(conf_uuid, "{\"document_ids\":[],\"s\":\"caf\xc3\xa9 \xe2\x82\xac "
+       "\xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf\"}", 0);
+    OK(conf_uuid, "{\"document_ids\":[],\"caf\xc3\xa9\":1}", 0);
+    OK(conf_uuid, "{\"document_ids\":[],\"s\":\"\\ud83d\\ude00\"}", 0);
+    OK(conf_uuid, "{\"document_ids\":[],\"s\":\"\xef\xbf\xbf\"}", 0);
+
+    /* not UTF-8 */
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xff\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xfe\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\x80\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xbf\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"caf\xe9\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xc3\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xe2\x82\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xf0\x9f\x98\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xc3\xc3\"}");
+
+    /* overlong forms, surrogates, beyond U+10FFFF */
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xc0\xaf\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xc1\xbf\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xe0\x80\xaf\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xf0\x80\x80\xaf\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xed\xa0\x80\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xed\xbf\xbf\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xf4\x90\x80\x80\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\xf8\x88\x80\x80\x80\"}");
+
+    /* in a key, in an id, outside strings */
+    BAD(conf_uuid, "{\"document_ids\":[],\"\xff\":1}");
+    BAD(conf_any, "{\"document_ids\":[\"\xff\"]}");
+    BAD(conf_uuid, "{\"document_ids\":[]}\xff");
+    BAD(conf_uuid, "\xff{\"document_ids\":[]}");
+
+    /* lone surrogates in escapes (Python takes them; jansson does not) */
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\\ud800\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\\udc00\"}");
+    BAD(conf_uuid, "{\"document_ids\":[],\"s\":\"\\ud83d\\u0041\"}");
+
+    /* UTF-16, which Python detects and jansson does not */
+    BAD(conf_uuid, "{\0\"\0a\0\"\0:\0""1\0}\0");
+}
+
+
+static void
+test_bom(void **state)
+{
+    (void) state;
+
+    /* json.loads() of bytes skips one UTF-8 byte order mark */
+    OK(conf_uuid, "\xef\xbb\xbf{\"document_ids\": [\"" U1 "\"]}", 1);
+    OK(conf_uuid, "\xef\xbb\xbf {\"document_ids\": []}", 0);
+
+    BAD(conf_uuid, "\xef\xbb\xbf");
+    BAD(conf_uuid, "\xef\xbb\xbf ");
+    BAD(conf_uuid, "\xef\xbb");
+    BAD(conf_uuid, "\xef\xbb\xbf\xef\xbb\xbf{\"document_ids\": []}");
+    BAD(conf_uuid, " \xef\xbb\xbf{\"document_ids\": []}");
+    BAD(conf_uuid, "{\"document_ids\": []}\xef\xbb\xbf");
+    BAD(conf_uuid, "\xef\xbb\xbf[]");
+}
+
+
+static void
+test_nul(void **state)
+{
+    (void) state;
+
+    /* raw NUL bytes: nowhere */
+    BAD(conf_uuid, "\0");
+    BAD(conf_uuid, "\0{\"document_ids\": []}");
+    BAD(conf_uuid, "{\"document_ids\": []}\0");
+    BAD(conf_uuid, "{\"document_ids\": []\0}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"s\": \"a\0b\"}");
+    BAD(conf_any, "{\"document_ids\": [\"a\0b\"]}");
+
+    /* an escaped one, in a value: yes (JSON_ALLOW_NUL) */
+    OK(conf_uuid, "{\"document_ids\": [], \"s\": \"a\\u0000b\"}", 0);
+    OK(conf_any, "{\"document_ids\": [\"a\\u0000b\"]}", 1);
+    PARAM(conf_uuid, "{\"document_ids\": [\"\\u0000\"]}", BAD_UUID_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": [\"3f2504e0-4f89-11d3-9a0c-"
+          "0305e82c330\\u0000\"]}", BAD_UUID_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\\u0000\"]}",
+          BAD_UUID_MSG(0));
+
+    /* jansson refuses NUL in keys, which Python would take */
+    BAD(conf_uuid, "{\"document_ids\": [], \"a\\u0000\": 1}");
+    BAD(conf_uuid, "{\"document_ids\\u0000\": []}");
+}
+
+
+static void
+test_numbers(void **state)
+{
+    (void) state;
+
+    /* beyond 64 bits, as Python reads them */
+    OK(conf_uuid, "{\"document_ids\": [], \"n\": 9223372036854775808}", 0);
+    OK(conf_uuid, "{\"document_ids\": [], \"n\": -9223372036854775809}", 0);
+    OK(conf_uuid, "{\"document_ids\": [], \"n\": "
+       "123456789012345678901234567890123456789012345678901234567890}", 0);
+    OK(conf_uuid, "{\"document_ids\": [], \"n\": 1e308}", 0);
+    OK(conf_uuid, "{\"document_ids\": [], \"n\": 1e-400}", 0);
+    OK(conf_uuid, "{\"document_ids\": [], \"n\": -0.0E+0}", 0);
+
+    /* Python makes inf of these; jansson refuses them */
+    BAD(conf_uuid, "{\"document_ids\": [], \"n\": 1e400}");
+    BAD(conf_uuid, "{\"document_ids\": [], \"n\": -1e400}");
+
+    BAD(conf_uuid, "{\"document_ids\": [1e400]}");
+    PARAM(conf_uuid, "{\"document_ids\": [1e300]}", NOT_STRING_MSG(0));
+}
+
+
+static void
+test_depth(void **state)
+{
+    size_t  i, n, depth;
+    char   *body;
+
+    (void) state;
+
+    /* deep nesting ends in an error, not in a stack overflow */
+
+    for (depth = 1000; depth <= 100000; depth *= 100) {
+
+        body = malloc(2 * depth + 64);
+        assert_non_null(body);
+
+        n = sprintf(body, "{\"document_ids\": [], \"x\": ");
+
+        for (i = 0; i < depth; i++) {
+            body[n++] = '[';
+        }
+
+        for (i = 0; i < depth; i++) {
+            body[n++] = ']';
+        }
+
+        body[n++] = '}';
+
+        if (depth == 1000) {
+            body_ok(body, n, &conf_uuid, 0);
+
+        } else {
+            body_bad(body, n, &conf_uuid);
+        }
+
+        /* unterminated */
+        body_bad(body, 40 + depth, &conf_uuid);
+
+        free(body);
+    }
+}
+
+
+static void
+test_field(void **state)
+{
+    (void) state;
+
+    PARAM(conf_uuid, "{}", REQUIRED_MSG);
+    PARAM(conf_uuid, "{\"Document_ids\": []}", REQUIRED_MSG);
+    PARAM(conf_uuid, "{\"document_id\": []}", REQUIRED_MSG);
+    PARAM(conf_uuid, "{\"documentIds\": []}", REQUIRED_MSG);
+    PARAM(conf_uuid, "{\"a\": {\"document_ids\": []}}", REQUIRED_MSG);
+    PARAM(conf_any, "{\"ids\": [\"x\"]}", REQUIRED_MSG);
+
+    PARAM(conf_uuid, "{\"document_ids\": null}", NOT_ARRAY_MSG);
+    PARAM(conf_uuid, "{\"document_ids\": \"" U1 "\"}", NOT_ARRAY_MSG);
+    PARAM(conf_uuid, "{\"document_ids\": {}}", NOT_ARRAY_MSG);
+    PARAM(conf_uuid, "{\"document_ids\": {\"0\": \"" U1 "\"}}",
+          NOT_ARRAY_MSG);
+    PARAM(conf_uuid, "{\"document_ids\": 0}", NOT_ARRAY_MSG);
+    PARAM(conf_uuid, "{\"document_ids\": 1.5}", NOT_ARRAY_MSG);
+    PARAM(conf_uuid, "{\"document_ids\": true}", NOT_ARRAY_MSG);
+    PARAM(conf_uuid, "{\"document_ids\": false}", NOT_ARRAY_MSG);
+    PARAM(conf_any, "{\"document_ids\": \"\"}", NOT_ARRAY_MSG);
+}
+
+
+static void
+test_cap(void **state)
+{
+    dify_body_conf_t  conf;
+
+    (void) state;
+
+    conf = conf_uuid;
+    conf.max_documents = 3;
+
+    OK(conf, "{\"document_ids\": [\"" U1 "\",\"" U2 "\",\"" U3 "\"]}", 3);
+    PARAM(conf, "{\"document_ids\": [\"" U1 "\",\"" U2 "\",\"" U3 "\",\""
+          U1_UPPER "\"]}",
+          "document_ids must not contain more than 3 items.");
+
+    /* the cap is looked at before the items */
+    conf.max_documents = 1;
+
+    OK(conf, "{\"document_ids\": [\"" U1 "\"]}", 1);
+    PARAM(conf, "{\"document_ids\": [1, 2]}",
+          "document_ids must not contain more than 1 items.");
+    PARAM(conf, "{\"document_ids\": [\"" U1 "\", \"" U1 "\"]}",
+          "document_ids must not contain more than 1 items.");
+    PARAM(conf, "{\"document_ids\": [5]}", NOT_STRING_MSG(0));
+
+    conf.max_documents = SIZE_MAX;
+    OK(conf, "{\"document_ids\": [\"" U1 "\"]}", 1);
+
+    conf.max_documents = SIZE_MAX - 1;
+    OK(conf, "{\"document_ids\": []}", 0);
+
+    /* the longest message fits */
+    conf.max_documents = 1;
+    conf.ids_any = 1;
+    PARAM(conf, "{\"document_ids\": [\"a\", \"b\"]}",
+          "document_ids must not contain more than 1 items.");
+
+    /* 0: no cap */
+    OK(conf_nocap, "{\"document_ids\": [\"" U1 "\",\"" U2 "\",\"" U3 "\"]}",
+       3);
+}
+
+
+static void
+test_items(void **state)
+{
+    (void) state;
+
+    PARAM(conf_uuid, "{\"document_ids\": [1]}", NOT_STRING_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": [null]}", NOT_STRING_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": [true]}", NOT_STRING_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": [[\"" U1 "\"]]}", NOT_STRING_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": [{}]}", NOT_STRING_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\",\"" U2 "\",\"" U3 "\","
+          "1.5]}", NOT_STRING_MSG(3));
+    PARAM(conf_any, "{\"document_ids\": [\"a\", \"b\", \"c\", 7]}",
+          NOT_STRING_MSG(3));
+
+    PARAM(conf_uuid, "{\"document_ids\": [\"\"]}", BAD_UUID_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": [\"x\"]}", BAD_UUID_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\",\"" U2 "\",\"" U3 "\","
+          "\"3f2504e0-4f89-11d3-9a0c-0305e82c330\"]}", BAD_UUID_MSG(3));
+    PARAM(conf_uuid, "{\"document_ids\": "
+          "[\"3f2504e0-4f89-11d3-9a0c-0305e82c33011\"]}", BAD_UUID_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": "
+          "[\"3f2504e0-4f89-11d3-9a0c-0305e82c330g\"]}", BAD_UUID_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": "
+          "[\"3f2504e04f8911d39a0c0305e82c3301\"]}", BAD_UUID_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": "
+          "[\"{3f2504e0-4f89-11d3-9a0c-0305e82c3301}\"]}", BAD_UUID_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": "
+          "[\" 3f2504e0-4f89-11d3-9a0c-0305e82c330\"]}", BAD_UUID_MSG(0));
+    PARAM(conf_uuid, "{\"document_ids\": "
+          "[\"3f2504e0-4f89-11d3-9a0c-0305e82c33\\u00e9\"]}",
+          BAD_UUID_MSG(0));
+
+    /* the first bad item wins, whatever is wrong with it */
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\", \"x\", 5]}",
+          BAD_UUID_MSG(1));
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\", 5, \"x\"]}",
+          NOT_STRING_MSG(1));
+
+    /* and an item error is reported before a duplicate */
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\", \"" U1 "\", 5]}",
+          NOT_STRING_MSG(2));
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\", \"" U1 "\", \"x\"]}",
+          BAD_UUID_MSG(2));
+
+    /* "any": any string */
+    OK(conf_any, "{\"document_ids\": [\"\", \"x\", \"" U1 "\", \" \", "
+       "\"\\u0000\", \"\\ud83d\\ude00\"]}", 6);
+}
+
+
+static void
+test_duplicate_ids(void **state)
+{
+    (void) state;
+
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\", \"" U1 "\"]}",
+          "document_ids[1] duplicates document_ids[0].");
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\", \"" U2 "\", \"" U1
+          "\"]}", "document_ids[2] duplicates document_ids[0].");
+
+    /* UUIDs compare case-insensitively */
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\", \"" U1_UPPER "\"]}",
+          "document_ids[1] duplicates document_ids[0].");
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U2 "\", \"" U1_UPPER "\", \""
+          "3f2504E0-4F89-11d3-9A0c-0305e82C3301\"]}",
+          "document_ids[2] duplicates document_ids[1].");
+
+    /* the first repetition in document order, and what it repeats */
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\", \"" U2 "\", \"" U2
+          "\", \"" U1 "\"]}", "document_ids[2] duplicates document_ids[1].");
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\", \"" U2 "\", \"" U1
+          "\", \"" U2 "\"]}", "document_ids[2] duplicates document_ids[0].");
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U1 "\", \"" U1 "\", \"" U1
+          "\"]}", "document_ids[1] duplicates document_ids[0].");
+    PARAM(conf_uuid, "{\"document_ids\": [\"" U3 "\", \"" U1 "\", \"" U2
+          "\", \"" U1 "\", \"" U1 "\", \"" U3 "\"]}",
+          "document_ids[3] duplicates document_ids[1].");
+
+    /* UUIDs that differ in a single bit of either half */
+    OK(conf_uuid, "{\"document_ids\": ["
+       "\"00000000-0000-0000-0000-000000000000\","
+       "\"00000000-0000-0000-0000-000000000001\","
+       "\"10000000-0000-0000-0000-000000000000\","
+       "\"00000000-0000-0001-0000-000000000000\","
+       "\"00000000-0000-0000-8000-000000000000\","
+       "\"ffffffff-ffff-ffff-ffff-ffffffffffff\","
+       "\"ffffffff-ffff-ffff-ffff-fffffffffffe\","
+       "\"7fffffff-ffff-ffff-ffff-ffffffffffff\"]}", 8);
+    PARAM(conf_uuid, "{\"document_ids\": ["
+          "\"ffffffff-ffff-ffff-ffff-ffffffffffff\","
+          "\"00000000-0000-0000-0000-000000000000\","
+          "\"FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF\"]}",
+          "document_ids[2] duplicates document_ids[0].");
+
+    /* allowed when so configured */
+    OK(conf_dups, "{\"document_ids\": [\"" U1 "\", \"" U1 "\", \"" U1_UPPER
+       "\"]}", 3);
+    OK(conf_any_dups, "{\"document_ids\": [\"a\", \"a\"]}", 2);
+}
+
+
+static void
+test_duplicate_ids_any(void **state)
+{
+    (void) state;
+
+    PARAM(conf_any, "{\"document_ids\": [\"a\", \"a\"]}",
+          "document_ids[1] duplicates document_ids[0].");
+    PARAM(conf_any, "{\"document_ids\": [\"\", \"x\", \"\"]}",
+          "document_ids[2] duplicates document_ids[0].");
+
+    /* compared exactly: case, length, escapes decoded, NUL bytes */
+    OK(conf_any, "{\"document_ids\": [\"a\", \"A\", \"a \", \" a\", \"ab\", "
+       "\"\"]}", 6);
+    OK(conf_any, "{\"document_ids\": [\"" U1 "\", \"" U1_UPPER "\"]}", 2);
+    OK(conf_any, "{\"document_ids\": [\"a\", \"a\\u0000\", \"a\\u0000b\", "
+       "\"a\\u0000c\", \"\\u0000\"]}", 5);
+    PARAM(conf_any, "{\"document_ids\": [\"a\\u0000b\", \"a\\u0000b\"]}",
+          "document_ids[1] duplicates document_ids[0].");
+    PARAM(conf_any, "{\"document_ids\": [\"a\", \"\\u0061\"]}",
+          "document_ids[1] duplicates document_ids[0].");
+    PARAM(conf_any, "{\"document_ids\": [\"\xc3\xa9\", \"\\u00e9\"]}",
+          "document_ids[1] duplicates document_ids[0].");
+}
+
+
+/* xorshift64: the same sequence on every run */
+
+static uint64_t
+next_random(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+
+    return *s;
+}
+
+
+typedef struct {
+    const char  *json;              /* as written in the body */
+    const char  *value;             /* as decoded */
+    size_t       len;
+} test_id_t;
+
+
+#define TEST_ID(j, v)  { j, v, sizeof(v) - 1 }
+
+
+static int
+same_id(const test_id_t *a, const test_id_t *b, int any)
+{
+    if (any) {
+        return a->len == b->len && memcmp(a->value, b->value, a->len) == 0;
+    }
+
+    return strcasecmp(a->value, b->value) == 0;
+}
+
+
+static void
+test_duplicate_random(void **state)
+{
+    int                  any;
+    char                *p, expect[DIFY_BODY_MESSAGE_LEN];
+    size_t               i, j, n, round, later, first;
+    uint64_t             seed;
+    dify_body_rc_e       rc;
+    const test_id_t     *ids[100];
+    dify_body_result_t   res;
+    char                 body[100 * 48 + 64];
+
+    static const test_id_t  uuids[] = {
+        TEST_ID(U1, U1),
+        TEST_ID(U1_UPPER, U1_UPPER),
+        TEST_ID("3f2504e0-4f89-11d3-9a0c-0305E82C3301",
+                "3f2504e0-4f89-11d3-9a0c-0305E82C3301"),
+        TEST_ID(U2, U2),
+        TEST_ID(U3, U3),
+        TEST_ID("00000000-0000-0000-0000-000000000000",
+                "00000000-0000-0000-0000-000000000000"),
+        TEST_ID("00000000-0000-0000-0000-000000000001",
+                "00000000-0000-0000-0000-000000000001"),
+        TEST_ID("FFFFFFFF-ffff-ffff-ffff-ffffffffffff",
+                "FFFFFFFF-ffff-ffff-ffff-ffffffffffff")
+    };
+
+    static const test_id_t  others[] = {
+        TEST_ID("", ""),
+        TEST_ID("a", "a"),
+        TEST_ID("A", "A"),
+        TEST_ID("ab", "ab"),
+        TEST_ID("\\u0061b", "ab"),
+        TEST_ID("a\\u0000", "a\0"),
+        TEST_ID("a\\u0000b", "a\0b"),
+        TEST_ID("ba", "ba"),
+        TEST_ID(U1, U1),
+        TEST_ID(U1_UPPER, U1_UPPER)
+    };
+
+    (void) state;
+
+    /*
+     * Against the obvious quadratic search, on both sides of
+     * DIFY_BODY_STACK_IDS (sorted on the stack, or in malloc()ed memory).
+     */
+
+    seed = 0x9e3779b97f4a7c15ULL;
+
+    for (round = 0; round < 4000; round++) {
+
+        any = round & 1;
+        n = next_random(&seed) % 100;
+
+        p = body;
+        p += sprintf(p, "{\"document_ids\": [");
+
+        for (i = 0; i < n; i++) {
+            if (any) {
+                /* now and then, many values and few repetitions */
+                j = next_random(&seed) % ((round & 2) ? 10 : 3);
+                ids[i] = &others[j];
+
+            } else {
+                j = next_random(&seed) % ((round & 2) ? 8 : 3);
+                ids[i] = &uuids[j];
+            }
+
+            p += sprintf(p, "%s\"%s\"", i ? "," : "", ids[i]->json);
+        }
+
+        p += sprintf(p, "]}");
+
+        later = n;
+        first = 0;
+
+        for (j = 1; j < n && later == n; j++) {
+            for (i = 0; i < j; i++) {
+                if (same_id(ids[i], ids[j], any)) {
+                    later = j;
+                    first = i;
+                    break;
+                }
+            }
+        }
+
+        rc = validate(body, p - body, any ? &conf_any_nocap : &conf_nocap,
+                      &res);
+
+        if (later == n) {
+            if (rc != DIFY_BODY_OK) {
+                fail_msg("%s: rc %d, \"%s\"", body, rc, res.message);
+            }
+
+            assert_int_equal(res.documents, n);
+
+        } else {
+            sprintf(expect, "document_ids[%zu] duplicates document_ids[%zu].",
+                    later, first);
+
+            if (rc != DIFY_BODY_INVALID_PARAM
+                || strcmp(res.message, expect) != 0)
+            {
+                fail_msg("%s: rc %d, \"%s\", expected \"%s\"", body, rc,
+                         res.message, expect);
+            }
+        }
+    }
+}
+
+
+/* n distinct UUIDs, in upper case when upper; then "tail" */
+
+static char *
+many_ids(size_t n, int upper, const char *tail, size_t *len)
+{
+    char    *body, *p;
+    size_t   i;
+
+    body = malloc(n * 40 + strlen(tail) + 64);
+    assert_non_null(body);
+
+    p = body;
+    p += sprintf(p, "{\"document_ids\":[");
+
+    for (i = 0; i < n; i++) {
+        p += sprintf(p, upper ? "%s\"%08zX-0000-4000-8000-%012zX\""
+                              : "%s\"%08zx-0000-4000-8000-%012zx\"",
+                     i ? "," : "", i, i);
+    }
+
+    p += sprintf(p, "%s]}", tail);
+
+    *len = p - body;
+
+    return body;
+}
+
+
+static void
+test_large(void **state)
+{
+    char                *body;
+    size_t               len;
+    clock_t              start;
+    dify_body_result_t   res;
+
+    (void) state;
+
+    /* cap 0: no limit on the number of ids */
+
+    start = clock();
+
+    body = many_ids(100000, 0, "", &len);
+    assert_int_equal(validate(body, len, &conf_nocap, &res), DIFY_BODY_OK);
+    assert_int_equal(res.documents, 100000);
+    free(body);
+
+    /* a repetition at the very end, in the other case */
+
+    body = many_ids(100000, 0,
+                    ",\"0000D431-0000-4000-8000-00000000D431\"", &len);
+    assert_int_equal(validate(body, len, &conf_nocap, &res),
+                     DIFY_BODY_INVALID_PARAM);
+    assert_string_equal(res.message,
+                        "document_ids[100000] duplicates document_ids[54321].");
+    free(body);
+
+    /* ... which the default cap refuses first */
+
+    body = many_ids(101, 1, "", &len);
+    assert_int_equal(validate(body, len, &conf_uuid, &res),
+                     DIFY_BODY_INVALID_PARAM);
+    assert_string_equal(res.message,
+                        "document_ids must not contain more than 100 items.");
+    free(body);
+
+    body = many_ids(100, 1, "", &len);
+    assert_int_equal(validate(body, len, &conf_uuid, &res), DIFY_BODY_OK);
+    assert_int_equal(res.documents, 100);
+    free(body);
+
+    /* the same, compared exactly */
+
+    body = many_ids(100000, 1, ",\"x\",\"x\"", &len);
+    assert_int_equal(validate(body, len, &conf_any_nocap, &res),
+                     DIFY_BODY_INVALID_PARAM);
+    assert_string_equal(res.message, "document_ids[100001] duplicates "
+                        "document_ids[100000].");
+    free(body);
+
+    /* n log n: a second or so even with the sanitizers */
+    assert_true(clock() - start < 10 * CLOCKS_PER_SEC);
+}
+
+
+/* jansson's allocator, failing once "budget" allocations are spent */
+
+static size_t  alloc_budget;
+
+
+static void *
+failing_malloc(size_t size)
+{
+    if (alloc_budget == 0) {
+        return NULL;
+    }
+
+    alloc_budget--;
+
+    return malloc(size);
+}
+
+
+static void
+test_nomem(void **state)
+{
+    size_t               i, n, nomem;
+    dify_body_rc_e       rc;
+    dify_body_result_t   res;
+
+    static const char    body[] = "{\"a\": {\"b\": [1, \"x\", null]}, "
+                                  "\"document_ids\": [\"" U1 "\", \"" U2 "\"]}";
+
+    (void) state;
+
+    /*
+     * Every allocation of the parser fails in turn.  jansson tells an
+     * allocation failure from a syntax error only now and then (its
+     * lexer drops what it cannot store), so a failure may read as any
+     * rejection; but it never passes, never crashes and never leaks
+     * (LeakSanitizer looks at exit).
+     */
+
+    json_set_alloc_funcs(failing_malloc, free);
+
+    nomem = 0;
+
+    for (n = 0; n < 1000; n++) {
+        alloc_budget = n;
+
+        rc = validate(body, sizeof(body) - 1, &conf_uuid, &res);
+
+        if (rc == DIFY_BODY_OK) {
+            break;
+        }
+
+        if (rc == DIFY_BODY_NOMEM) {
+            assert_string_equal(res.message, "out of memory");
+            nomem++;
+        }
+    }
+
+    json_set_alloc_funcs(malloc, free);
+
+    assert_int_equal(rc, DIFY_BODY_OK);
+    assert_int_equal(res.documents, 2);
+    assert_true(nomem > 0);
+    print_message("%zu allocations, %zu failures told as such\n", n, nomem);
+
+    /* enough memory: it passes every time */
+
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(validate(body, sizeof(body) - 1, &conf_uuid, &res),
+                         DIFY_BODY_OK);
+    }
+}
+
+
+static void
+test_result_reset(void **state)
+{
+    dify_body_result_t  res;
+
+    (void) state;
+
+    assert_int_equal(validate("{\"document_ids\":[\"" U1 "\"]}",
+                              sizeof("{\"document_ids\":[\"" U1 "\"]}") - 1,
+                              &conf_uuid, &res),
+                     DIFY_BODY_OK);
+    assert_int_equal(res.documents, 1);
+    assert_string_equal(res.message, "");
+
+    /* validate() filled res with 'X' first: both fields are set anew */
+    assert_int_equal(validate("{}", 2, &conf_uuid, &res),
+                     DIFY_BODY_INVALID_PARAM);
+    assert_int_equal(res.documents, 0);
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest  tests[] = {
+        cmocka_unit_test(test_valid),
+        cmocka_unit_test(test_not_json),
+        cmocka_unit_test(test_not_object),
+        cmocka_unit_test(test_duplicate_keys),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_bom),
+        cmocka_unit_test(test_nul),
+        cmocka_unit_test(test_numbers),
+        cmocka_unit_test(test_depth),
+        cmocka_unit_test(test_field),
+        cmocka_unit_test(test_cap),
+        cmocka_unit_test(test_items),
+        cmocka_unit_test(test_duplicate_ids),
+        cmocka_unit_test(test_duplicate_ids_any),
+        cmocka_unit_test(test_duplicate_random),
+        cmocka_unit_test(test_large),
+        cmocka_unit_test(test_nomem),
+        cmocka_unit_test(test_result_reset),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
