@@ -25,6 +25,20 @@
 #define NGX_HTTP_DIFY_NODE_IDLE  60000          /* in ms, before expiry */
 
 
+/*
+ * What a shadow is the shadow of: the state in Redis (the key under a
+ * prefix) as one location's default limit sees it.  Locations with other
+ * prefixes or defaults keep shadows of their own.  Zeroed before it is
+ * filled, so that it compares with ngx_memcmp().
+ */
+typedef struct {
+    u_char                     key[DIFY_KEY_HASH_LEN];
+    uint32_t                   prefix;          /* crc32 of the prefix */
+    uint32_t                   prefix_len;
+    dify_gcra_limit_t          deflt;
+} ngx_http_dify_node_key_t;
+
+
 typedef struct {
     u_char                     color;
     u_char                     known;           /* limit seen in Redis */
@@ -33,7 +47,7 @@ typedef struct {
     ngx_queue_t                queue;
     int64_t                    tat;             /* in us, local clock */
     dify_gcra_limit_t          limit;
-    u_char                     key[DIFY_KEY_HASH_LEN];
+    ngx_http_dify_node_key_t   key;
 } ngx_http_dify_node_t;
 
 
@@ -63,10 +77,14 @@ static ngx_int_t ngx_http_dify_limit_cached(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx, int64_t now);
 static void ngx_http_dify_limit_shadow(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx, int64_t now);
+static uint32_t ngx_http_dify_node_key(ngx_http_request_t *r,
+    ngx_http_dify_ctx_t *ctx, ngx_http_dify_node_key_t *nk);
 static ngx_http_dify_node_t *ngx_http_dify_node_lookup(
-    ngx_http_dify_zone_t *zone, u_char *key, uint32_t hash);
+    ngx_http_dify_zone_t *zone, ngx_http_dify_node_key_t *nk,
+    uint32_t hash);
 static ngx_http_dify_node_t *ngx_http_dify_node_create(
-    ngx_http_dify_zone_t *zone, u_char *key, uint32_t hash);
+    ngx_http_dify_zone_t *zone, ngx_http_dify_node_key_t *nk,
+    uint32_t hash);
 static void ngx_http_dify_node_expire(ngx_http_dify_zone_t *zone,
     ngx_uint_t force);
 static void ngx_http_dify_rbtree_insert_value(ngx_rbtree_node_t *temp,
@@ -370,9 +388,10 @@ ngx_http_dify_limit_fallback(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx)
 {
     int64_t                now;
-    uint32_t               hash;
-    ngx_http_dify_node_t  *node;
-    ngx_http_dify_zone_t  *zone;
+    uint32_t                   hash;
+    ngx_http_dify_node_t      *node;
+    ngx_http_dify_zone_t      *zone;
+    ngx_http_dify_node_key_t   nk;
 
     ctx->redis_failed = 1;
 
@@ -398,14 +417,14 @@ ngx_http_dify_limit_fallback(ngx_http_request_t *r,
 
     zone = ngx_http_dify_zone(r);
     now = ngx_http_dify_now();
-    hash = ngx_crc32_short(ctx->key_hash, DIFY_KEY_HASH_LEN);
+    hash = ngx_http_dify_node_key(r, ctx, &nk);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    node = ngx_http_dify_node_lookup(zone, ctx->key_hash, hash);
+    node = ngx_http_dify_node_lookup(zone, &nk, hash);
 
     if (node == NULL) {
-        node = ngx_http_dify_node_create(zone, ctx->key_hash, hash);
+        node = ngx_http_dify_node_create(zone, &nk, hash);
     }
 
     if (node == NULL) {
@@ -445,16 +464,17 @@ ngx_http_dify_limit_cached(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx,
     int64_t now)
 {
     int64_t                tat;
-    uint32_t               hash;
-    ngx_http_dify_node_t  *node;
-    ngx_http_dify_zone_t  *zone;
+    uint32_t                   hash;
+    ngx_http_dify_node_t      *node;
+    ngx_http_dify_zone_t      *zone;
+    ngx_http_dify_node_key_t   nk;
 
     zone = ngx_http_dify_zone(r);
-    hash = ngx_crc32_short(ctx->key_hash, DIFY_KEY_HASH_LEN);
+    hash = ngx_http_dify_node_key(r, ctx, &nk);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    node = ngx_http_dify_node_lookup(zone, ctx->key_hash, hash);
+    node = ngx_http_dify_node_lookup(zone, &nk, hash);
 
     if (node == NULL || !node->known) {
         ngx_shmtx_unlock(&zone->shpool->mutex);
@@ -482,23 +502,24 @@ static void
 ngx_http_dify_limit_shadow(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx,
     int64_t now)
 {
-    uint32_t               hash;
-    ngx_http_dify_node_t  *node;
-    ngx_http_dify_zone_t  *zone;
+    uint32_t                   hash;
+    ngx_http_dify_node_t      *node;
+    ngx_http_dify_zone_t      *zone;
+    ngx_http_dify_node_key_t   nk;
 
     if (ctx->gcra.verdict == DIFY_GCRA_BLOCKED) {
         return;
     }
 
     zone = ngx_http_dify_zone(r);
-    hash = ngx_crc32_short(ctx->key_hash, DIFY_KEY_HASH_LEN);
+    hash = ngx_http_dify_node_key(r, ctx, &nk);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    node = ngx_http_dify_node_lookup(zone, ctx->key_hash, hash);
+    node = ngx_http_dify_node_lookup(zone, &nk, hash);
 
     if (node == NULL) {
-        node = ngx_http_dify_node_create(zone, ctx->key_hash, hash);
+        node = ngx_http_dify_node_create(zone, &nk, hash);
     }
 
     if (node != NULL) {
@@ -611,9 +632,28 @@ ngx_http_dify_limit_retry_after(ngx_http_request_t *r,
 }
 
 
+static uint32_t
+ngx_http_dify_node_key(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx,
+    ngx_http_dify_node_key_t *nk)
+{
+    ngx_http_dify_loc_conf_t  *dlcf;
+
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
+
+    ngx_memzero(nk, sizeof(ngx_http_dify_node_key_t));
+
+    ngx_memcpy(nk->key, ctx->key_hash, DIFY_KEY_HASH_LEN);
+    nk->prefix = ngx_crc32_short(dlcf->prefix.data, dlcf->prefix.len);
+    nk->prefix_len = dlcf->prefix.len;
+    nk->deflt = dlcf->limit;
+
+    return ngx_crc32_short((u_char *) nk, sizeof(ngx_http_dify_node_key_t));
+}
+
+
 static ngx_http_dify_node_t *
-ngx_http_dify_node_lookup(ngx_http_dify_zone_t *zone, u_char *key,
-    uint32_t hash)
+ngx_http_dify_node_lookup(ngx_http_dify_zone_t *zone,
+    ngx_http_dify_node_key_t *nk, uint32_t hash)
 {
     ngx_int_t              rc;
     ngx_rbtree_node_t     *node, *sentinel;
@@ -638,7 +678,7 @@ ngx_http_dify_node_lookup(ngx_http_dify_zone_t *zone, u_char *key,
 
         dn = (ngx_http_dify_node_t *) &node->color;
 
-        rc = ngx_memcmp(key, dn->key, DIFY_KEY_HASH_LEN);
+        rc = ngx_memcmp(nk, &dn->key, sizeof(ngx_http_dify_node_key_t));
 
         if (rc == 0) {
             ngx_queue_remove(&dn->queue);
@@ -654,8 +694,8 @@ ngx_http_dify_node_lookup(ngx_http_dify_zone_t *zone, u_char *key,
 
 
 static ngx_http_dify_node_t *
-ngx_http_dify_node_create(ngx_http_dify_zone_t *zone, u_char *key,
-    uint32_t hash)
+ngx_http_dify_node_create(ngx_http_dify_zone_t *zone,
+    ngx_http_dify_node_key_t *nk, uint32_t hash)
 {
     size_t                 size;
     ngx_rbtree_node_t     *node;
@@ -689,7 +729,7 @@ ngx_http_dify_node_create(ngx_http_dify_zone_t *zone, u_char *key,
     dn->tat = 0;
     dn->last = ngx_current_msec;
     ngx_memzero(&dn->limit, sizeof(dify_gcra_limit_t));
-    ngx_memcpy(dn->key, key, DIFY_KEY_HASH_LEN);
+    ngx_memcpy(&dn->key, nk, sizeof(ngx_http_dify_node_key_t));
 
     ngx_rbtree_insert(&zone->sh->rbtree, node);
     ngx_queue_insert_head(&zone->sh->queue, &dn->queue);
@@ -768,7 +808,8 @@ ngx_http_dify_rbtree_insert_value(ngx_rbtree_node_t *temp,
             dn = (ngx_http_dify_node_t *) &node->color;
             dnt = (ngx_http_dify_node_t *) &temp->color;
 
-            p = (ngx_memcmp(dn->key, dnt->key, DIFY_KEY_HASH_LEN) < 0)
+            p = (ngx_memcmp(&dn->key, &dnt->key,
+                            sizeof(ngx_http_dify_node_key_t)) < 0)
                 ? &temp->left : &temp->right;
         }
 
