@@ -2,7 +2,11 @@
 #
 #   make          install what is missing, build build/ngx_http_dify_status_module.so
 #   make run      ... and run the gateway with a local Redis and a stand-in Dify
-#   make test     ... and run the whole test suite (unit + integration)
+#   make test     ... and run the whole test suite (unit, fuzz smoke,
+#                 integration, integration under ASan and UBSan)
+#   make test-valgrind   the integration tests with nginx under valgrind
+#   make bench    the side-by-side benchmark against plain proxy_pass
+#   make fuzz     the fuzzers, FUZZ_TIME seconds each (default 60)
 #
 # The module is built the way Debian builds its own nginx modules: from
 # nginx-dev's sources with Debian's configure flags, so the stock
@@ -39,8 +43,8 @@ UNIT_LIBS   := -lcmocka -ljansson -lhiredis -lcrypto
 PROVE     ?= prove
 T         ?= t
 
-.PHONY: all deps build unit test test-asan test-valgrind run bench fuzz \
-        fuzz-smoke clean
+.PHONY: all deps build unit test test-asan integration-asan test-valgrind \
+        run bench fuzz fuzz-smoke clean
 
 all: build
 
@@ -105,10 +109,17 @@ $(BUILD)/unit/%: t/unit/%.c $(PURE_SRCS) $(wildcard $(SRCDIR)/dify_*.h)
 unit: deps $(UNIT_TESTS)
 	@for t in $(UNIT_TESTS); do echo "# $$t"; $$t; done
 
-test: build unit
+# The whole suite: the pure core's unit tests, a short run of each fuzzer,
+# the integration tests against the release build, then the same tests
+# against the module built with AddressSanitizer and UBSan.
+test: build unit fuzz-smoke
 	DIFY_MODULE=$(MODULE) $(PROVE) -r $(T)
+	@echo "# the integration tests again, with the module under ASan and UBSan"
+	$(MAKE) --no-print-directory integration-asan
 
-test-asan: deps $(ASAN_MOD) unit
+test-asan: unit integration-asan
+
+integration-asan: deps $(ASAN_MOD)
 	DIFY_MODULE=$(ASAN_MOD) DIFY_SANITIZE=asan $(PROVE) -r $(T)
 
 test-valgrind: build

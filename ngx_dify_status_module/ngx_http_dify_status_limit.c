@@ -89,6 +89,8 @@ static void ngx_http_dify_node_expire(ngx_http_dify_zone_t *zone,
     ngx_uint_t force);
 static void ngx_http_dify_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static ngx_int_t ngx_http_dify_limit_header(ngx_http_request_t *r,
+    const char *name, u_char *value, size_t len);
 static int64_t ngx_http_dify_now(void);
 static ngx_int_t ngx_http_dify_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
@@ -537,9 +539,8 @@ ngx_int_t
 ngx_http_dify_limit_headers(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
 {
     size_t                     len;
-    ngx_table_elt_t           *h;
     ngx_http_dify_loc_conf_t  *dlcf;
-    char                       buf[128];
+    u_char                     buf[128];
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
 
@@ -547,47 +548,23 @@ ngx_http_dify_limit_headers(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
         return NGX_OK;
     }
 
-    len = dify_gcra_policy_header(buf, sizeof(buf), &ctx->gcra.limit);
+    len = dify_gcra_policy_header((char *) buf, sizeof(buf),
+                                  &ctx->gcra.limit);
 
-    if (len == 0) {
-        return NGX_OK;
-    }
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
+    if (len != 0
+        && ngx_http_dify_limit_header(r, "RateLimit-Policy", buf, len)
+           != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
-    h->hash = 1;
-    ngx_str_set(&h->key, "RateLimit-Policy");
-    h->value.len = len;
-    h->value.data = ngx_pnalloc(r->pool, len);
-    if (h->value.data == NULL) {
+    len = dify_gcra_ratelimit_header((char *) buf, sizeof(buf), &ctx->gcra);
+
+    if (len != 0
+        && ngx_http_dify_limit_header(r, "RateLimit", buf, len) != NGX_OK)
+    {
         return NGX_ERROR;
     }
-
-    ngx_memcpy(h->value.data, buf, len);
-
-    len = dify_gcra_ratelimit_header(buf, sizeof(buf), &ctx->gcra);
-
-    if (len == 0) {
-        return NGX_OK;
-    }
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->hash = 1;
-    ngx_str_set(&h->key, "RateLimit");
-    h->value.len = len;
-    h->value.data = ngx_pnalloc(r->pool, len);
-    if (h->value.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(h->value.data, buf, len);
 
     return NGX_OK;
 }
@@ -597,9 +574,9 @@ ngx_int_t
 ngx_http_dify_limit_retry_after(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx)
 {
-    u_char           *p;
-    uint64_t          seconds;
-    ngx_table_elt_t  *h;
+    u_char    *p;
+    uint64_t   seconds;
+    u_char     buf[NGX_INT64_LEN];
 
     if (ctx->code == NGX_HTTP_DIFY_UNAVAILABLE) {
         seconds = 1;
@@ -613,20 +590,37 @@ ngx_http_dify_limit_retry_after(ngx_http_request_t *r,
         return NGX_OK;
     }
 
+    p = ngx_sprintf(buf, "%uL", seconds);
+
+    return ngx_http_dify_limit_header(r, "Retry-After", buf, p - buf);
+}
+
+
+/* adds a response header, its value copied into the request's pool */
+
+static ngx_int_t
+ngx_http_dify_limit_header(ngx_http_request_t *r, const char *name,
+    u_char *value, size_t len)
+{
+    ngx_table_elt_t  *h;
+
     h = ngx_list_push(&r->headers_out.headers);
     if (h == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
-    if (p == NULL) {
+    h->value.data = ngx_pnalloc(r->pool, len);
+    if (h->value.data == NULL) {
+        h->hash = 0;
         return NGX_ERROR;
     }
 
+    ngx_memcpy(h->value.data, value, len);
+    h->value.len = len;
+
     h->hash = 1;
-    ngx_str_set(&h->key, "Retry-After");
-    h->value.data = p;
-    h->value.len = ngx_sprintf(p, "%uL", seconds) - p;
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
 
     return NGX_OK;
 }
