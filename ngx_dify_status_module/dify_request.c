@@ -14,6 +14,7 @@
 #define DIFY_ROUTE_SEGMENTS  5      /* datasets, id, documents, status, act */
 
 
+static unsigned char dify_hex_value(unsigned char c);
 static int dify_segment_is(const unsigned char *p, size_t len,
     const char *name, size_t name_len);
 static int dify_media_is_json(const unsigned char *p, size_t len);
@@ -128,6 +129,31 @@ dify_route_match(const unsigned char *uri, size_t len,
     /* unreachable: case 4 returns */
 
     return 0;
+}
+
+
+size_t
+dify_flask_path(const unsigned char *raw, size_t len, unsigned char *out)
+{
+    size_t  i, n;
+
+    n = 0;
+
+    for (i = 0; i < len && raw[i] != '?' && raw[i] != '#'; i++) {
+
+        if (raw[i] == '%' && len - i > 2
+            && dify_hex[raw[i + 1]] && dify_hex[raw[i + 2]])
+        {
+            out[n++] = (unsigned char) (dify_hex_value(raw[i + 1]) << 4
+                                        | dify_hex_value(raw[i + 2]));
+            i += 2;
+            continue;
+        }
+
+        out[n++] = raw[i];
+    }
+
+    return n;
 }
 
 
@@ -342,6 +368,17 @@ dify_json_envelope(unsigned char *buf, size_t size, int status,
     }
 
     return p - buf;
+}
+
+
+static unsigned char
+dify_hex_value(unsigned char c)
+{
+    if (c <= '9') {
+        return c - '0';
+    }
+
+    return (c | 0x20) - 'a' + 10;
 }
 
 

@@ -43,6 +43,17 @@ typedef enum {
 int dify_route_match(const unsigned char *uri, size_t len,
     dify_str_t *dataset_id, dify_str_t *action);
 
+/*
+ * The path Flask will route, from the raw request target that
+ * proxy_pass (without a URI part) sends on: up to the first "?" or
+ * "#", each valid %XX decoded once ("%2F" included), and no dot segment
+ * resolved: Werkzeug routes ".../status/.." with action "..", where
+ * nginx's $uri has resolved it to ".../documents/".  out must hold len
+ * bytes; returns the length written.
+ */
+size_t dify_flask_path(const unsigned char *raw, size_t len,
+    unsigned char *out);
+
 /* 8-4-4-4-12 hex digits, either case, as Werkzeug's uuid converter */
 int dify_is_uuid(const unsigned char *p, size_t len);
 

@@ -253,6 +253,40 @@ ngx_module_t  ngx_http_dify_status_module = {
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 
 
+/*
+ * The route as Flask will see it.  proxy_pass without a URI part sends
+ * the raw request target on while the URI is unchanged
+ * (valid_unparsed_uri), and nothing on Dify's side resolves dot
+ * segments: "/status/.." is $uri ".../documents/" here, but Werkzeug
+ * dispatches it to the handler with action "..".
+ */
+
+static ngx_int_t
+ngx_http_dify_flask_route(ngx_http_request_t *r, dify_str_t *dataset_id,
+    dify_str_t *action)
+{
+    size_t   len;
+    u_char  *p;
+
+    if (!r->valid_unparsed_uri || r->unparsed_uri.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    p = ngx_pnalloc(r->pool, r->unparsed_uri.len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    len = dify_flask_path(r->unparsed_uri.data, r->unparsed_uri.len, p);
+
+    if (!dify_route_match(p, len, dataset_id, action)) {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_dify_handler(ngx_http_request_t *r)
 {
@@ -279,7 +313,12 @@ ngx_http_dify_handler(ngx_http_request_t *r)
     }
 
     if (!dify_route_match(r->uri.data, r->uri.len, &dataset_id, &action)) {
-        return NGX_DECLINED;
+
+        rc = ngx_http_dify_flask_route(r, &dataset_id, &action);
+
+        if (rc != NGX_OK) {
+            return rc;          /* NGX_DECLINED: not the route; NGX_ERROR */
+        }
     }
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,

@@ -717,11 +717,60 @@ test_envelope_is_json(void **state)
 }
 
 
+static void
+flask_path_is(const char *raw, size_t len, const char *want, size_t want_len)
+{
+    size_t         n;
+    unsigned char  out[256];
+
+    assert_true(len <= sizeof(out));
+    n = dify_flask_path((const unsigned char *) raw, len, out);
+    assert_int_equal(n, want_len);
+    assert_memory_equal(out, want, want_len);
+}
+
+#define FLASK_PATH(raw, want)                                                 \
+    flask_path_is(raw, sizeof(raw) - 1, want, sizeof(want) - 1)
+
+
+static void
+test_flask_path(void **state)
+{
+    dify_str_t  d, a;
+    size_t      n;
+    unsigned char  out[128];
+
+    (void) state;
+
+    FLASK_PATH("", "");
+    FLASK_PATH("/v1/datasets", "/v1/datasets");
+    FLASK_PATH("/a/../b/./c", "/a/../b/./c");       /* nothing resolved */
+    FLASK_PATH("/en%61ble", "/enable");
+    FLASK_PATH("/%2e%2E", "/..");
+    FLASK_PATH("/a%2Fb%2fc", "/a/b/c");             /* %2F decoded */
+    FLASK_PATH("/a%3Fb?c", "/a?b");                 /* %3F is no query */
+    FLASK_PATH("/a?b#c", "/a");
+    FLASK_PATH("/a#b?c", "/a");
+    FLASK_PATH("/a%23b#c", "/a#b");
+    FLASK_PATH("/%zz%4", "/%zz%4");                 /* invalid: kept */
+    FLASK_PATH("/%2565", "/%65");                   /* once */
+    FLASK_PATH("/%00", "/\0");
+
+    n = dify_flask_path(U("/v1/datasets/" UUID_LOWER
+                          "/documents/status/%2e%2e?x"), out);
+    assert_int_equal(dify_route_match(out, n, &d, &a), 1);
+    assert_int_equal(a.len, 2);
+    assert_memory_equal(a.data, "..", 2);
+    assert_int_equal(dify_action_is_valid(a.data, a.len), 0);
+}
+
+
 int
 main(void)
 {
     const struct CMUnitTest  tests[] = {
         cmocka_unit_test(test_route_plain),
+        cmocka_unit_test(test_flask_path),
         cmocka_unit_test(test_route_slashes),
         cmocka_unit_test(test_route_decoded),
         cmocka_unit_test(test_route_shape),
