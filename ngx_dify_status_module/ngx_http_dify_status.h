@@ -148,9 +148,11 @@ extern ngx_module_t  ngx_http_dify_status_module;
  *
  * The handler is called exactly once for every command that
  * ngx_http_dify_redis_command() accepted, unless the caller cancelled
- * it first: with the reply, or with NULL when the connection went away
- * first.  The reply belongs to hiredis and lives only for the call.
- * The handler may send a new command when reply is not NULL.
+ * it first or the worker is exiting: with the reply, or with NULL when
+ * the connection went away first.  The reply belongs to hiredis and
+ * lives only for the call, and so does the command record: the caller
+ * forgets it in the handler.  The handler may send a new command when
+ * reply is not NULL.  Error replies are the caller's to count.
  */
 typedef void (*ngx_http_dify_redis_pt)(redisReply *reply, void *data);
 

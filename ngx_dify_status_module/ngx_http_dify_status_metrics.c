@@ -109,8 +109,9 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
       ngx_string("Commands sent to Redis.") },
 
     { ngx_string("dify_status_redis_errors_total"),
-      ngx_string("Redis commands answered with an error, or lost with "
-                 "the connection.") },
+      ngx_string("Redis commands answered with an error (NOSCRIPT "
+                 "aside) or a malformed reply, or lost with the "
+                 "connection.") },
 
     { ngx_string("dify_status_redis_timeouts_total"),
       ngx_string("Redis commands whose reply did not come in time.") },

@@ -588,7 +588,9 @@ ngx_http_dify_redis_reply_handler(redisAsyncContext *ac, void *r,
                                   (ngx_http_dify_redis_usec() - cmd->start));
     }
 
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+    /* error replies are counted by the caller, which knows NOSCRIPT */
+
+    if (reply == NULL) {
         ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
     }
 
@@ -950,6 +952,24 @@ ngx_http_dify_redis_usec(void)
 }
 
 
+static ngx_int_t
+ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst, u_char *src,
+    size_t len)
+{
+    /* NUL-terminated, for hiredis */
+
+    dst->data = ngx_pnalloc(cf->pool, len + 1);
+    if (dst->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_cpystrn(dst->data, src, len + 1);
+    dst->len = len;
+
+    return NGX_OK;
+}
+
+
 /*
  * dify_status_redis address [db=N] [user=name] [password=secret]
  *     [timeout=time] [connect_timeout=time];
@@ -1136,22 +1156,4 @@ invalid:
                        "invalid parameter \"%V\"", &value[i]);
 
     return NGX_CONF_ERROR;
-}
-
-
-static ngx_int_t
-ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst, u_char *src,
-    size_t len)
-{
-    /* NUL-terminated, for hiredis */
-
-    dst->data = ngx_pnalloc(cf->pool, len + 1);
-    if (dst->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    (void) ngx_cpystrn(dst->data, src, len + 1);
-    dst->len = len;
-
-    return NGX_OK;
 }
