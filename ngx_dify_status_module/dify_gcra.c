@@ -47,6 +47,8 @@ static uint64_t dify_gcra_ceil_sec(uint64_t us);
  * dify_gcra_normalize() clamps them; a non-numeric ARGV is an error.
  * An override field that does not parse is ignored (the default
  * applies); the rate field follows dify_gcra_parse_rate()'s grammar.
+ * An override rate brings its own burst, its number of units, as the
+ * rate= of dify_status_limit does, unless the override sets burst too.
  *
  * A stored TAT that is not a number, is negative or NaN counts as
  * absent; one beyond now + tol counts as now + tol.  The state is
@@ -97,6 +99,7 @@ const char  dify_gcra_script[] =
     "        if n >= 1 and n <= max_rate then\n"
     "            rate = n\n"
     "            period = ({s = 1, m = 60, h = 3600})[u]\n"
+    "            burst = n\n"
     "        end\n"
     "    end\n"
     "end\n"

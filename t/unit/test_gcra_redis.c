@@ -571,8 +571,10 @@ override(test_key_t *k, const char *rate, size_t rate_len, const char *burst)
         if (dify_gcra_parse_rate((const unsigned char *) rate, rate_len,
                                  &r, &p) == 0)
         {
+            /* an override rate brings its own burst */
             k->limit.rate = r;
             k->limit.period = p;
+            k->limit.burst = r;
         }
     }
 
