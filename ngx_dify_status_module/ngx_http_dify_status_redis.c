@@ -68,6 +68,7 @@ typedef struct {
 } ngx_http_dify_redis_t;
 
 
+static ngx_uint_t ngx_http_dify_redis_connecting(void);
 static void ngx_http_dify_redis_connect(void);
 static void ngx_http_dify_redis_connect_handler(const redisAsyncContext *ac,
     int status);
@@ -218,6 +219,37 @@ ngx_http_dify_redis_is_up(void)
 }
 
 
+/*
+ * A connection whose handshake is under way, opened when nothing has
+ * failed since the last success (a new worker: at start, after a
+ * reload): commands queue behind the handshake, hiredis keeps them in
+ * order, and each request's own timer still bounds its wait.  After a
+ * failure (Redis lost, refused, hung, a handshake error) commands are
+ * refused until the handshake is answered, so that an outage costs no
+ * timeout per request.
+ */
+
+static ngx_uint_t
+ngx_http_dify_redis_connecting(void)
+{
+    ngx_http_dify_redis_t  *rd;
+
+    rd = &ngx_http_dify_redis;
+
+    if (rd->ac == NULL || rd->connected || rd->dropping || rd->exiting
+        || rd->logged != NGX_HTTP_DIFY_REDIS_LOG_NONE)
+    {
+        return 0;
+    }
+
+    if (rd->ac->c.flags & (REDIS_DISCONNECTING|REDIS_FREEING)) {
+        return 0;
+    }
+
+    return 1;
+}
+
+
 ngx_http_dify_redis_cmd_t *
 ngx_http_dify_redis_command(ngx_http_dify_redis_pt handler, void *data,
     int argc, const char **argv, const size_t *argvlen)
@@ -229,7 +261,11 @@ ngx_http_dify_redis_command(ngx_http_dify_redis_pt handler, void *data,
 
     /* hiredis asserts on an empty command */
 
-    if (argc < 1 || !ngx_http_dify_redis_is_up()) {
+    if (argc < 1) {
+        return NULL;
+    }
+
+    if (!ngx_http_dify_redis_is_up() && !ngx_http_dify_redis_connecting()) {
         return NULL;
     }
 
