@@ -126,13 +126,10 @@ typedef struct {
     ngx_event_t                wait;                /* timer and resume */
     ngx_http_request_t        *request;
 
-    unsigned                   matched:1;
-    unsigned                   done:1;              /* verdict is known */
     unsigned                   waiting:1;           /* body or Redis */
     unsigned                   has_key:1;
     unsigned                   has_gcra:1;
     unsigned                   noscript:1;          /* EVAL sent after it */
-    unsigned                   redis_failed:1;
     unsigned                   sent:1;              /* verdict acted on */
     unsigned                   headers_added:1;
 } ngx_http_dify_ctx_t;

@@ -395,8 +395,6 @@ ngx_http_dify_limit_fallback(ngx_http_request_t *r,
     ngx_http_dify_zone_t      *zone;
     ngx_http_dify_node_key_t   nk;
 
-    ctx->redis_failed = 1;
-
     switch (dlcf->fallback) {
 
     case NGX_HTTP_DIFY_FALLBACK_DENY:

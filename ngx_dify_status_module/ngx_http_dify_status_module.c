@@ -338,7 +338,6 @@ ngx_http_dify_handler(ngx_http_request_t *r)
     cln->data = ctx;
 
     ctx->request = r;
-    ctx->matched = 1;
     ctx->wait.handler = ngx_http_dify_wait_handler;
     ctx->wait.data = r;
     ctx->wait.log = r->connection->log;
@@ -373,9 +372,8 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
     dify_str_t *dataset_id, dify_str_t *action)
 {
-    size_t             len;
+    size_t             len, ct_len, ce_len;
     u_char            *p, *ct, *ce;
-    size_t             ct_len, ce_len;
     dify_str_t         token;
     dify_auth_e        auth;
     dify_media_e       media;
@@ -413,7 +411,6 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                       "dify_status: hashing the key failed");
         ctx->status = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        ctx->done = 1;
         return NGX_ERROR;
     }
 
@@ -670,7 +667,6 @@ ngx_http_dify_reject(ngx_http_dify_ctx_t *ctx, ngx_uint_t code,
 
     ctx->code = code;
     ctx->status = status;
-    ctx->done = 1;
 
     if (ctx->outcome == NGX_HTTP_DIFY_OUTCOME_NONE) {
         ctx->outcome = NGX_HTTP_DIFY_OUTCOME_REJECTED;

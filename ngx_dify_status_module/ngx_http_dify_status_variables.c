@@ -162,7 +162,7 @@ ngx_http_dify_variable_str(ngx_http_request_t *r,
 
     ctx = ngx_http_dify_variable_ctx(r);
 
-    if (ctx == NULL || !ctx->matched) {
+    if (ctx == NULL) {
         v->not_found = 1;
         return NGX_OK;
     }
