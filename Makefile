@@ -129,7 +129,7 @@ run: build
 	./tools/run-gateway
 
 bench: build
-	./bench/run
+	DIFY_MODULE=$(MODULE) BENCH_OUT=$(BUILD)/bench ./bench/run
 
 FUZZ_TIME ?= 60
 FUZZERS   := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/fuzz_*.c))

@@ -101,6 +101,7 @@ typedef struct {
     ngx_flag_t                 dry_run;
     ngx_uint_t                 log_level;
     ngx_str_t                  prefix;              /* Redis key prefix */
+    uint32_t                   prefix_crc;
 } ngx_http_dify_loc_conf_t;
 
 

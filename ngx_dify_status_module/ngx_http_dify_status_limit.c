@@ -624,10 +624,17 @@ ngx_http_dify_limit_header(ngx_http_request_t *r, const char *name,
 }
 
 
+/*
+ * The tree's key: 32 bits of the key's SHA-256 (already uniform), mixed
+ * with the prefix's CRC and the default limit; ngx_memcmp() of the whole
+ * node key settles collisions.
+ */
+
 static uint32_t
 ngx_http_dify_node_key(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx,
     ngx_http_dify_node_key_t *nk)
 {
+    ngx_int_t                  bits;
     ngx_http_dify_loc_conf_t  *dlcf;
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
@@ -635,11 +642,16 @@ ngx_http_dify_node_key(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx,
     ngx_memzero(nk, sizeof(ngx_http_dify_node_key_t));
 
     ngx_memcpy(nk->key, ctx->key_hash, DIFY_KEY_HASH_LEN);
-    nk->prefix = ngx_crc32_short(dlcf->prefix.data, dlcf->prefix.len);
+    nk->prefix = dlcf->prefix_crc;
     nk->prefix_len = dlcf->prefix.len;
     nk->deflt = dlcf->limit;
 
-    return ngx_crc32_short((u_char *) nk, sizeof(ngx_http_dify_node_key_t));
+    bits = ngx_hextoi(ctx->key_hash, 8);
+
+    return (uint32_t) bits ^ dlcf->prefix_crc
+           ^ (uint32_t) (dlcf->limit.rate * 2654435761u)
+           ^ (uint32_t) (dlcf->limit.period << 24)
+           ^ (uint32_t) (dlcf->limit.burst * 40503u);
 }
 
 

@@ -1105,6 +1105,8 @@ ngx_http_dify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
     ngx_conf_merge_str_value(conf->prefix, prev->prefix, "dify:status:");
 
+    conf->prefix_crc = ngx_crc32_short(conf->prefix.data, conf->prefix.len);
+
     return NGX_CONF_OK;
 }
 
