@@ -40,6 +40,17 @@ my $HANG = DifyTest::timeout(2);
 my $RECOVER = DifyTest::timeout(3);
 my $WORKERS = 2;
 
+# Under valgrind nginx is ~10x slower (DifyTest::slow()): a Redis reply
+# that takes 10 ms takes longer than 100 ms to be read, and would be
+# taken for a hang.  The module's timeouts, and the waits and windows the
+# scenarios derive from them, are scaled in valgrind mode only.  nginx
+# then runs as a single process: worker_processes is ignored and there is
+# no reload (DifyTest::reload dies), see reconfigure().
+my $VG = DifyTest->valgrind;
+my $SLOW = $VG ? DifyTest::slow() : 1;
+sub ms { return $_[0] * $SLOW }
+my $PROCS = $VG ? 1 : $WORKERS;         # nginx processes that serve
+
 sub statuses { join ' ', map { $_->{status} } @_ }
 sub outcomes { join ' ', map { $_->{headers}{'x-dify-status'} // '-' } @_ }
 
@@ -65,7 +76,8 @@ $locs
 };
 }
 
-my $DEFAULT = '%%REDIS%% timeout=100ms connect_timeout=200ms';
+my $DEFAULT = '%%REDIS%% timeout=' . ms(100) . 'ms connect_timeout='
+    . ms(200) . 'ms';
 
 # a crashed worker leaves a core in the test's directory (kept on failure)
 my $MAIN = "worker_rlimit_core 1g;\nworking_directory %%DIR%%;";
@@ -113,16 +125,32 @@ sub check_fallbacks {
     subtest "$what: fallback local" => sub {
         my $key = fresh_key('local');
         $t->upstream_clear;
-        my @r = map { patch($t, $key, prefix => '/local/v1') } 1 .. 5;
+        my $t0 = time;
+        my ($span, @r);
+        for my $i (1 .. 5) {
+            push @r, patch($t, $key, prefix => '/local/v1');
+            $span = time - $t0 if $i == 4;
+        }
         no_hang('local', @r);
         is statuses(@r), '200 200 200 429 429', 'the limit of 3 enforced';
         is outcomes(@r), 'fallback_passed fallback_passed fallback_passed '
             . 'fallback_limited fallback_limited', '$dify_status';
         is scalar(upstream_for($t, $key)), 3, 'upstream got exactly 3';
+        # 1200 s (rate 3 r/h) less the whole seconds between the first
+        # decision and the fourth: exactly 1200 when the four requests
+        # take less than a second; more may pass when each waits for a
+        # timeout (CLIENT PAUSE WRITE, the timeouts scaled for valgrind)
+        my $min = 1200 - int($span);
+        my ($secs) = ($r[3]{body} // '') =~ /retry in (\d+) seconds?\./;
+        $secs //= -1;
+        ok $secs >= $min && $secs <= 1200,
+            "retry in 1200 s, less the ${\ int($span) } whole s elapsed"
+            or diag sprintf 'retry in %s s, %.2f s after the first request',
+                $secs, $span;
         is $r[3]{body}, envelope(429, 'too_many_requests',
-            'Rate limit exceeded for this API key; retry in 1200 seconds.'),
+            "Rate limit exceeded for this API key; retry in $secs seconds."),
             'the row 8 answer';
-        is $r[3]{headers}{'retry-after'}, 1200, 'Retry-After';
+        is $r[3]{headers}{'retry-after'}, $secs, 'Retry-After';
         is $r[3]{headers}{'ratelimit-policy'}, '"default";q=3;w=3600',
             'RateLimit-Policy';
         is_deeply [ map { rl($_)->{r} } @r[0 .. 2] ], [ 2, 1, 0 ],
@@ -187,6 +215,24 @@ sub warm {
     recovers($t, 'warm-up', within => DifyTest::timeout(10));
 }
 
+# the same nginx with another configuration: a reload, or in valgrind mode
+# (a single process, no reload) a graceful stop and a new start on the
+# same ports, so that the module's paths under the new configuration still
+# run under valgrind
+sub reconfigure {
+    my ($t, %a) = @_;
+    if ($VG) {
+        SKIP: {
+            skip 'valgrind mode: a single process, no reload '
+                . '(restarted with the new configuration instead)', 1;
+        }
+        $t->stop_nginx;
+        $t->start_nginx(%a);
+        return 1;
+    }
+    return ok $t->reload(%a), 'reload';
+}
+
 # ---------------------------------------------------------------------------
 scenario 'Redis down at start' => sub {
     my $t = DifyTest->new;
@@ -198,7 +244,7 @@ scenario 'Redis down at start' => sub {
     sleep 0.6;
     my @l = grep { /unreachable/ } split /\n/, $t->error_log;
     cmp_ok scalar(@l), '>=', 1, 'unreachable Redis logged';
-    cmp_ok scalar(@l), '<=', $WORKERS, 'once per worker, not per retry'
+    cmp_ok scalar(@l), '<=', $PROCS, 'once per worker, not per retry'
         or diag join "\n", @l;
 
     $t->start_redis;
@@ -231,10 +277,12 @@ scenario 'Redis blackholed: the TCP connect never completes' => sub {
 
     my $t = DifyTest->new;
     $t->start_nginx(workers => $WORKERS, main => $MAIN, http => http_conf(
-        '127.0.0.1:' . $l->sockport . ' timeout=100ms connect_timeout=200ms'));
-    sleep 0.3;
+        '127.0.0.1:' . $l->sockport . ' timeout=' . ms(100)
+        . 'ms connect_timeout=' . ms(200) . 'ms'));
+    sleep 0.3 * $SLOW;                  # past connect_timeout
     check_fallbacks($t, 'blackholed');
-    like $t->error_log, qr/unreachable: no answer in 200 ms/,
+    my $ct = ms(200);
+    like $t->error_log, qr/unreachable: no answer in $ct ms/,
         'the connect timeout is logged';
     $t->done;
     close $_ for @fill;
@@ -295,7 +343,8 @@ scenario 'Redis killed while replies are pending' => sub {
     $t->start_redis;
     # a long timeout: the answer must come from the lost connection
     $t->start_nginx(workers => 1, main => $MAIN,
-        http => http_conf('%%REDIS%% timeout=5s connect_timeout=200ms'));
+        http => http_conf('%%REDIS%% timeout=' . ms(5000)
+                          . 'ms connect_timeout=' . ms(200) . 'ms'));
     warm($t);
 
     $t->pause_redis;
@@ -307,8 +356,9 @@ scenario 'Redis killed while replies are pending' => sub {
     kill 'KILL', $t->{procs}{redis}{pid};
     $t->kill_redis;
     my @r = map { DifyLimit::_read($_, $_->{t0}, DifyTest::timeout(10)) } @c;
-    ok !(grep { $_->{status} == 0 || $_->{elapsed} > 3 } @r),
-        'answered when the connection was lost, before the 5 s timeout'
+    ok !(grep { $_->{status} == 0 || $_->{elapsed} > 3 * $SLOW } @r),
+        'answered when the connection was lost, before the '
+        . 5 * $SLOW . ' s timeout'
         or diag join ', ', map { sprintf '%s %.2fs', $_->{status},
             $_->{elapsed} } @r;
     is statuses(@r), '200 503 200', 'allow 200, deny 503, local 200';
@@ -385,7 +435,9 @@ scenario 'Redis paused (CLIENT PAUSE ALL, then WRITE)' => sub {
     $t->start_nginx(workers => $WORKERS, main => $MAIN, http => http_conf($DEFAULT));
     warm($t);
 
-    my $pause = 2500;
+    # the checks must run while Redis is paused: the window scales with
+    # the timeouts
+    my $pause = ms(2500);
     my $t0 = time;
     is $t->redis('CLIENT', 'PAUSE', $pause, 'ALL'), 'OK', 'CLIENT PAUSE ALL';
     check_fallbacks($t, 'CLIENT PAUSE ALL');
@@ -504,22 +556,21 @@ scenario 'ACL user' => sub {
     like $clients, qr/\buser=dify\b/, 'nginx is connected as dify';
 
     # the user's password is wrong
-    ok $t->reload(workers => $WORKERS, main => $MAIN,
-        http => http_conf("$DEFAULT user=dify password=nope")), 'reload';
+    reconfigure($t, workers => $WORKERS, main => $MAIN,
+        http => http_conf("$DEFAULT user=dify password=nope"));
     check_fallbacks($t, 'ACL user, wrong password');
 
     # a user that may not touch the keys: error replies (NOPERM)
-    ok $t->reload(workers => $WORKERS, main => $MAIN,
-        http => http_conf("$DEFAULT user=other password=other-pw")),
-        'reload';
+    reconfigure($t, workers => $WORKERS, main => $MAIN,
+        http => http_conf("$DEFAULT user=other password=other-pw"));
     sleep 0.3;
     my $mark = $t->log_mark;
     check_fallbacks($t, 'ACL user without key access');
     like $t->error_log_since($mark), qr/NOPERM/, 'the error reply is logged';
 
     # and back
-    ok $t->reload(workers => $WORKERS, main => $MAIN,
-        http => http_conf("$DEFAULT user=dify password=dify-pw")), 'reload';
+    reconfigure($t, workers => $WORKERS, main => $MAIN,
+        http => http_conf("$DEFAULT user=dify password=dify-pw"));
     recovers($t, 'right user again', within => DifyTest::timeout(10));
     unlike $t->error_log, qr/dify-pw|other-pw|admin-pw/, 'no password logged';
     $t->done;

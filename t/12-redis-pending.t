@@ -6,6 +6,15 @@
 # crash ("exited on signal"), nothing may be logged at alert level (open
 # sockets left, double close), requests still open must be answered, and
 # the workers must go on using Redis afterwards.
+#
+# In valgrind mode (DIFY_SANITIZE=valgrind) nginx is a single process
+# ("master_process off"), ~10x slower: the module's timeouts and the
+# waits derived from them are scaled by DifyTest::slow(); there is no
+# reload (nginx 1.22 itself crashes on a second SIGHUP in that mode), so
+# the reload scenario is skipped; and SIGQUIT makes a single process exit
+# at once, without the graceful shutdown of a worker, so the answers to
+# the requests pending at a graceful stop are not checked there (the stop
+# itself still runs, with commands pending, under valgrind).
 
 use strict;
 use warnings;
@@ -23,12 +32,17 @@ DifyTest::require_module();
 
 my $MAIN = "worker_rlimit_core 1g;\nworking_directory %%DIR%%;";
 
+my $VG = DifyTest->valgrind;
+my $SLOW = $VG ? DifyTest::slow() : 1;
+sub ms { return $_[0] * $SLOW }
+
 sub conf {
     my (%o) = @_;
-    my $timeout = $o{timeout} // '3s';
+    my $timeout = ms($o{timeout} // 3000);
+    my $connect = ms(200);
     my $fallback = $o{fallback} // 'deny';
     return qq{
-    dify_status_redis %%REDIS%% timeout=$timeout connect_timeout=200ms;
+    dify_status_redis %%REDIS%% timeout=${timeout}ms connect_timeout=${connect}ms;
     log_format pend '\$pid \$status \$dify_status \$dify_status_key';
     server {
         listen 127.0.0.1:%%PORT%%;
@@ -109,7 +123,7 @@ sub hup {
 scenario 'client aborts while the Redis reply is pending' => sub {
     my $t = DifyTest->new;
     $t->start_redis;
-    $t->start_nginx(workers => 1, main => $MAIN, http => conf(timeout => '2s'));
+    $t->start_nginx(workers => 1, main => $MAIN, http => conf(timeout => 2000));
     warm($t);
 
     # aborted, then the reply comes
@@ -134,7 +148,7 @@ scenario 'client aborts while the Redis reply is pending' => sub {
     @c = map { send_pending($t, fresh_key('abort2')) } 1 .. 3;
     sleep 0.2;
     $_->close for @c;
-    sleep 2.5;                      # past timeout=2s
+    sleep 2.5 * $SLOW;              # past timeout=2s (scaled)
     $t->resume_redis;
     sleep 0.3;
     no_crash($t, 'abort, timeout, late reply');
@@ -169,7 +183,7 @@ scenario 'client aborts while the Redis reply is pending' => sub {
 scenario 'HTTP/2: stream reset, connection closed while the reply is pending' => sub {
     my $t = DifyTest->new;
     $t->start_redis;
-    $t->start_nginx(workers => 1, main => $MAIN, http => conf(timeout => '2s'));
+    $t->start_nginx(workers => 1, main => $MAIN, http => conf(timeout => 2000));
     warm($t);
 
     my @h2req = (headers => [ 'authorization' => 'Bearer ' . fresh_key('h2'),
@@ -207,6 +221,8 @@ scenario 'HTTP/2: stream reset, connection closed while the reply is pending' =>
 
 # ---------------------------------------------------------------------------
 scenario 'reload while replies are pending' => sub {
+    plan skip_all => 'valgrind mode: a single process, no reload (SIGHUP '
+        . 'with master_process off crashes nginx 1.22 itself)' if $VG;
     my $t = DifyTest->new;
     $t->start_redis;
     $t->start_nginx(workers => 2, main => $MAIN, http => conf());
@@ -270,10 +286,15 @@ scenario 'graceful stop while replies are pending, then the reply' => sub {
     sleep 0.3;
     $t->resume_redis;
     my @r = map { DifyLimit::_read($_, $_->{t0}, DifyTest::timeout(10)) } @c;
-    is join(' ', map { $_->{status} } @r), '200 200 200 200',
-        'every pending request answered';
-    is join(' ', map { $_->{headers}{'x-dify-status'} // '-' } @r),
-        'passed passed passed passed', 'by Redis';
+    SKIP: {
+        skip 'valgrind mode: a single process exits at once on SIGQUIT, '
+            . 'no graceful shutdown waits for the pending requests', 2
+            if $VG;
+        is join(' ', map { $_->{status} } @r), '200 200 200 200',
+            'every pending request answered';
+        is join(' ', map { $_->{headers}{'x-dify-status'} // '-' } @r),
+            'passed passed passed passed', 'by Redis';
+    }
     ok wait_for(DifyTest::timeout(5), sub {
             DifyTest::_is_dead($t->nginx_pid) }), 'nginx exited';
     no_crash($t, 'quit, then reply');
@@ -294,9 +315,15 @@ scenario 'graceful stop while Redis stays hung' => sub {
     my $t0 = time;
     $t->signal_nginx('QUIT');
     my @r = map { DifyLimit::_read($_, $_->{t0}, DifyTest::timeout(10)) } @c;
-    is join(' ', map { $_->{status} } @r), '200 200 200 200',
-        'answered by the fallback (allow) at the timeout';
-    is scalar(map { upstream_for($t, $_) } @keys), 4, 'and passed upstream';
+    SKIP: {
+        skip 'valgrind mode: a single process exits at once on SIGQUIT, '
+            . 'no graceful shutdown waits for the pending requests', 2
+            if $VG;
+        is join(' ', map { $_->{status} } @r), '200 200 200 200',
+            'answered by the fallback (allow) at the timeout';
+        is scalar(map { upstream_for($t, $_) } @keys), 4,
+            'and passed upstream';
+    }
     ok wait_for(DifyTest::timeout(5), sub {
             DifyTest::_is_dead($t->nginx_pid) }),
         'nginx exited with Redis still hung';

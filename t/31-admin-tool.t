@@ -34,10 +34,13 @@ DifyTest::require_module();
 my $TOOL = "$FindBin::Bin/../tools/dify-status-limit";
 our $PASSWORD = 'admin-tool-pw';
 
+# the Redis timeout is scaled in valgrind mode: no fallback by accident
+my $REDIS_TIMEOUT = 2 * (DifyTest->valgrind ? DifyTest::slow() : 1);
+
 my $t = DifyTest->new;
 $t->start_redis(password => $PASSWORD);
 $t->start_nginx(http => qq{
-    dify_status_redis %%REDIS%% password=$PASSWORD timeout=2s;
+    dify_status_redis %%REDIS%% password=$PASSWORD timeout=${REDIS_TIMEOUT}s;
     dify_status_redis_fallback deny;
 
     log_format dify '\$status \$dify_status \$dify_status_action '
