@@ -143,15 +143,24 @@ subtest 'dify-status-entrypoint.sh finds Redis' => sub {
     my $wrapper = "$DOCKER/dify-status-entrypoint.sh";
     my $show = q{printf %s "$DIFY_STATUS_REDIS"};
 
-    local $ENV{DIFY_STATUS_REDIS_HOST} = 'localhost';
-    local $ENV{DIFY_STATUS_REDIS};
-    delete $ENV{DIFY_STATUS_REDIS};
-    is `sh $wrapper sh -c '$show' 2>/dev/null`, '127.0.0.1:6379',
-        'looks up the host name, IPv4';
+    # getent ahostsv4 asks with AI_ADDRCONFIG: on a machine whose only
+    # IPv4 address is 127.0.0.1 (a network namespace with lo alone) it
+    # finds nothing for localhost, and the wrapper would wait its 60 s
+    SKIP: {
+        skip 'getent ahostsv4 finds no IPv4 address for localhost here '
+           . '(no non-loopback IPv4 address)', 2
+            unless `getent ahostsv4 localhost 2>/dev/null` =~ /^127\./;
 
-    local $ENV{DIFY_STATUS_REDIS_PORT} = '6380';
-    is `sh $wrapper sh -c '$show' 2>/dev/null`, '127.0.0.1:6380',
-        'DIFY_STATUS_REDIS_PORT';
+        local $ENV{DIFY_STATUS_REDIS_HOST} = 'localhost';
+        local $ENV{DIFY_STATUS_REDIS};
+        delete $ENV{DIFY_STATUS_REDIS};
+        is `sh $wrapper sh -c '$show' 2>/dev/null`, '127.0.0.1:6379',
+            'looks up the host name, IPv4';
+
+        local $ENV{DIFY_STATUS_REDIS_PORT} = '6380';
+        is `sh $wrapper sh -c '$show' 2>/dev/null`, '127.0.0.1:6380',
+            'DIFY_STATUS_REDIS_PORT';
+    }
 
     local $ENV{DIFY_STATUS_REDIS} = 'unix:/run/dify-redis/redis.sock';
     is `sh $wrapper sh -c '$show' 2>/dev/null`,
