@@ -243,7 +243,7 @@ my %USED_PORTS;
 
 $MODULE = abs_path($MODULE) if $MODULE && -e $MODULE;
 
-for my $sig (qw(INT TERM HUP)) {
+for my $sig (qw(INT TERM HUP PIPE)) {
     $SIG{$sig} = sub { die "caught SIG$sig\n" } unless $SIG{$sig};
 }
 
