@@ -389,7 +389,7 @@ static void
 ngx_http_dify_limit_fallback(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx)
 {
-    int64_t                now;
+    int64_t                    now, tat;
     uint32_t                   hash;
     ngx_http_dify_node_t      *node;
     ngx_http_dify_zone_t      *zone;
@@ -429,7 +429,7 @@ ngx_http_dify_limit_fallback(ngx_http_request_t *r,
 
     if (node == NULL) {
         /* no room even after expiry: decide from a fresh state */
-        int64_t  tat = now;
+        tat = now;
 
         ngx_shmtx_unlock(&zone->shpool->mutex);
         dify_gcra_decide(&tat, now, &dlcf->limit, ctx->cost, &ctx->gcra);

@@ -31,6 +31,8 @@ static ngx_int_t ngx_http_dify_variable_key(ngx_http_request_t *r,
 static ngx_int_t ngx_http_dify_variable_remaining(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_http_dify_ctx_t *ngx_http_dify_variable_ctx(ngx_http_request_t *r);
+static ngx_int_t ngx_http_dify_variable_number(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uint64_t n);
 static void ngx_http_dify_variable_set(ngx_http_variable_value_t *v,
     u_char *data, size_t len);
 
@@ -184,7 +186,6 @@ static ngx_int_t
 ngx_http_dify_variable_documents(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    u_char               *p;
     ngx_http_dify_ctx_t  *ctx;
 
     ctx = ngx_http_dify_variable_ctx(r);
@@ -202,15 +203,7 @@ ngx_http_dify_variable_documents(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_http_dify_variable_set(v, p,
-                               ngx_sprintf(p, "%ui", ctx->documents) - p);
-
-    return NGX_OK;
+    return ngx_http_dify_variable_number(r, v, ctx->documents);
 }
 
 
@@ -239,7 +232,6 @@ static ngx_int_t
 ngx_http_dify_variable_remaining(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    u_char               *p;
     ngx_http_dify_ctx_t  *ctx;
 
     ctx = ngx_http_dify_variable_ctx(r);
@@ -249,15 +241,7 @@ ngx_http_dify_variable_remaining(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_http_dify_variable_set(v, p,
-                               ngx_sprintf(p, "%uL", ctx->gcra.remaining) - p);
-
-    return NGX_OK;
+    return ngx_http_dify_variable_number(r, v, ctx->gcra.remaining);
 }
 
 
@@ -267,6 +251,23 @@ static ngx_http_dify_ctx_t *
 ngx_http_dify_variable_ctx(ngx_http_request_t *r)
 {
     return ngx_http_dify_get_ctx(r->main);
+}
+
+
+static ngx_int_t
+ngx_http_dify_variable_number(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uint64_t n)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_dify_variable_set(v, p, ngx_sprintf(p, "%uL", n) - p);
+
+    return NGX_OK;
 }
 
 
