@@ -56,6 +56,54 @@ sub nginx_t_ok {
 }
 
 
+
+# ------------------------------------------------------------------
+# nginx's own log lines that quote the Authorization header (all at
+# "info": a duplicate header, a header line over the buffers, a NUL in a
+# value over HTTP/1.1 and HTTP/2): the module cannot change them, so
+# every configuration it ships logs at "notice" or above.  Sends each,
+# then returns what the error log and the access log hold.
+
+my $PROBE_SECRET = 'Pq8Wd3Lk6Vn1Zr5Tb9Xm2Hs';
+my $PROBE_KEY = "dataset-$PROBE_SECRET";
+
+sub core_log_probes {
+    my ($t, %o) = @_;
+    my $path = route(uuid(7), 'enable');
+    my $body = ids_body(uuid(8));
+    my $head = "PATCH $path HTTP/1.1\r\nHost: gw\r\n"
+             . "Content-Type: application/json\r\n"
+             . "Content-Length: " . length($body) . "\r\n"
+             . "Connection: close\r\n";
+
+    my @sent = (
+        $head . "Authorization: Bearer $PROBE_KEY\r\n"
+              . "Authorization: Bearer $PROBE_KEY-2\r\n\r\n$body",
+        $head . "Authorization: Bearer $PROBE_KEY" . ('x' x 9000)
+              . "\r\n\r\n$body",
+        $head . "Authorization: Bearer $PROBE_KEY\0x\r\n\r\n$body",
+    );
+    for my $bytes (@sent) {
+        my $got = $t->raw($bytes, timeout => DifyTest::timeout(10));
+        like $got, qr{\AHTTP/1\.1 4\d\d }, 'nginx refuses the request';
+    }
+
+    if ($o{h2}) {
+        for my $value ("Bearer $PROBE_KEY\0x", "Bearer $PROBE_KEY\r") {
+            my $h = $t->h2_connect;
+            my $res = $h->request('PATCH', $path, headers => [
+                'content-type' => 'application/json',
+                'authorization' => $value ], body => $body);
+            $h->close;
+            ok !$res || !defined $res->{status} || $res->{status} >= 400,
+                'nginx refuses the HTTP/2 request';
+        }
+    }
+
+    # the lines are written before the answer: nothing to wait for
+    return join '', map { -e $_ ? DifyTest::_slurp($_) : '' } @{$o{logs}};
+}
+
 # ------------------------------------------------------------------
 # the standalone gateway
 
@@ -97,7 +145,33 @@ subtest 'conf/dify-status-standalone.conf' => sub {
     isnt $rc, 0, 'nginx -t refuses a Redis host name';
     like $out, qr/use an IP address or "unix:\/path"/, '... and says why';
 
+    # live, with an HTTP/2 listener added: nginx's own lines that quote
+    # the Authorization header are below the shipped log level
+    like $conf, qr/^error_log \S+ notice;$/m, 'the error log is at notice';
+    (my $live = $conf) =~ s{listen 127\.0\.0\.1:%%PORT%%;}
+        {listen 127.0.0.1:%%PORT%%;\n        listen 127.0.0.1:%%H2PORT%% http2;};
+    $live =~ s{^pid \S+;}{pid %%DIR%%/nginx.pid;}m;
+    $live =~ s{^(\s*)(load_module)}{daemon off;\n$1$2}m;
+    $t->start_redis;
+    $t->start_nginx(conf => $live);
+    my $dir = $t->dir;
+    my $logs = core_log_probes($t, h2 => 1, logs =>
+        [ "$dir/logs/error.log", "$dir/logs/access.log" ]);
+    unlike $logs, qr/\Q$PROBE_SECRET\E/,
+        'no raw key in the error log or the access log';
     $t->done;
+
+    # the same at "info" quotes the key: what the README warns against
+    my $t2 = DifyTest->new;
+    make_path($t2->dir . '/logs');
+    (my $info = $live) =~ s{^error_log (\S+) notice;}{error_log $1 info;}m;
+    $t2->start_redis;
+    $t2->start_nginx(conf => $info);
+    $dir = $t2->dir;
+    $logs = core_log_probes($t2, h2 => 1, logs => [ "$dir/logs/error.log" ]);
+    like $logs, qr/\Q$PROBE_SECRET\E/,
+        'at info, nginx itself logs the raw key (hence notice)';
+    $t2->done;
 };
 
 
@@ -321,6 +395,11 @@ EOF
     like DifyTest::_slurp("$dir/access.log"),
         qr/ 429 dify=limited action=enable /,
         'the dify_status log format in the access log';
+
+    my $logs = core_log_probes($t, logs =>
+        [ "$dir/error.log", "$dir/access.log" ]);
+    unlike $logs, qr/\Q$PROBE_SECRET\E/,
+        "no raw key in the logs at Dify's own level (notice)";
 
     $t->done;
 };
