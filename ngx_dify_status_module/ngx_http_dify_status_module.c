@@ -34,6 +34,8 @@ static ngx_int_t ngx_http_dify_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dify_check_headers(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
     dify_str_t *dataset_id, dify_str_t *action);
+static void ngx_http_dify_media_headers(ngx_http_request_t *r,
+    dify_media_t *m);
 static void ngx_http_dify_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dify_check_body(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx);
@@ -372,11 +374,11 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
     dify_str_t *dataset_id, dify_str_t *action)
 {
-    size_t             len, ct_len, ce_len;
-    u_char            *p, *ct, *ce;
+    size_t             len;
+    u_char            *p;
     dify_str_t         token;
     dify_auth_e        auth;
-    dify_media_e       media;
+    dify_media_t       m;
     ngx_table_elt_t   *h;
     u_char             msg[DIFY_BODY_MESSAGE_LEN];
 
@@ -422,23 +424,9 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    h = r->headers_in.content_type;
-    ct = h ? h->value.data : NULL;
-    ct_len = h ? h->value.len : 0;
+    ngx_http_dify_media_headers(r, &m);
 
-    ce = NULL;
-    ce_len = 0;
-
-    h = ngx_http_dify_find_header(r, "Content-Encoding");
-
-    if (h != NULL) {
-        ce = h->value.data;
-        ce_len = h->value.len;
-    }
-
-    media = dify_check_media(ct, ct_len, ce, ce_len);
-
-    switch (media) {
+    switch (dify_media_verdict(&m)) {
 
     case DIFY_MEDIA_OK:
         break;
@@ -448,6 +436,13 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
                              NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
                              "Content-Type must be application/json; "
                              "the request has none.", 0);
+        return NGX_DECLINED;
+
+    case DIFY_MEDIA_CONFLICT:
+        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_UNSUPPORTED_MEDIA,
+                             NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                             "Content-Type must be sent once; the request "
+                             "has several that differ.", 0);
         return NGX_DECLINED;
 
     case DIFY_MEDIA_NOT_JSON:
@@ -477,6 +472,54 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Every Content-Type and Content-Encoding header, in the order received,
+ * as proxy_pass forwards them all: nginx's headers_in.content_type is the
+ * first Content-Type, gunicorn keeps the last.
+ */
+
+static void
+ngx_http_dify_media_headers(ngx_http_request_t *r, dify_media_t *m)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    dify_media_init(m);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("Content-Type") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Content-Type",
+                               sizeof("Content-Type") - 1) == 0)
+        {
+            dify_media_type(m, h[i].value.data, h[i].value.len);
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("Content-Encoding") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Content-Encoding",
+                               sizeof("Content-Encoding") - 1) == 0)
+        {
+            dify_media_encoding(m, h[i].value.data, h[i].value.len);
+        }
+    }
 }
 
 
