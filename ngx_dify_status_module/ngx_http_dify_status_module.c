@@ -26,6 +26,8 @@
     "Authorization header must be provided and start with 'Bearer'"
 #define NGX_HTTP_DIFY_MSG_AUTH_SCHEME                                        \
     "Authorization scheme must be 'Bearer'"
+#define NGX_HTTP_DIFY_MSG_AUTH_INVALID                                       \
+    "Access token is invalid"
 #define NGX_HTTP_DIFY_MSG_BAD_REQUEST                                        \
     "Invalid JSON payload received or JSON payload is empty."
 
@@ -56,6 +58,8 @@ static char *ngx_http_dify_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_dify_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_dify_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static char *ngx_http_dify_token_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_dify_init_process(ngx_cycle_t *cycle);
 static void ngx_http_dify_exit_process(ngx_cycle_t *cycle);
 
@@ -146,6 +150,13 @@ static ngx_command_t  ngx_http_dify_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_dify_loc_conf_t, duplicate_ids),
       &ngx_http_dify_duplicate_ids },
+
+    { ngx_string("dify_status_token_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dify_token_prefix,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
 
     { ngx_string("dify_status_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
@@ -404,6 +415,22 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
                              auth == DIFY_AUTH_MISSING
                              ? NGX_HTTP_DIFY_MSG_AUTH_MISSING
                              : NGX_HTTP_DIFY_MSG_AUTH_SCHEME, 0);
+        return NGX_DECLINED;
+    }
+
+    /*
+     * a token that cannot be a key of this deployment: Dify's own answer
+     * to an unknown key, with no Redis call and no quota
+     */
+
+    if (dlcf->token_prefix.len
+        && (token.len < dlcf->token_prefix.len
+            || ngx_memcmp(token.data, dlcf->token_prefix.data,
+                          dlcf->token_prefix.len) != 0))
+    {
+        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_UNAUTHORIZED,
+                             NGX_HTTP_UNAUTHORIZED,
+                             NGX_HTTP_DIFY_MSG_AUTH_INVALID, 0);
         return NGX_DECLINED;
     }
 
@@ -1096,6 +1123,7 @@ ngx_http_dify_create_loc_conf(ngx_conf_t *cf)
      *
      *     conf->limit = { 0, 0, 0 };
      *     conf->prefix = { 0, NULL };
+     *     conf->token_prefix = { 0, NULL };
      */
 
     conf->enable = NGX_CONF_UNSET;
@@ -1129,6 +1157,7 @@ ngx_http_dify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_DIFY_IDS_UUID);
     ngx_conf_merge_uint_value(conf->duplicate_ids, prev->duplicate_ids,
                               NGX_HTTP_DIFY_DUPLICATES_ALLOW);
+    ngx_conf_merge_str_value(conf->token_prefix, prev->token_prefix, "");
 
     if (conf->limit_set == NGX_CONF_UNSET) {
         conf->limit_set = prev->limit_set;
@@ -1149,6 +1178,38 @@ ngx_http_dify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_str_value(conf->prefix, prev->prefix, "dify:status:");
 
     conf->prefix_crc = ngx_crc32_short(conf->prefix.data, conf->prefix.len);
+
+    return NGX_CONF_OK;
+}
+
+
+/* dify_status_token_prefix string | off */
+
+static char *
+ngx_http_dify_token_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dify_loc_conf_t *dlcf = conf;
+
+    ngx_str_t  *value;
+
+    if (dlcf->token_prefix.data != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        ngx_str_set(&dlcf->token_prefix, "");
+        return NGX_CONF_OK;
+    }
+
+    dlcf->token_prefix = value[1];
 
     return NGX_CONF_OK;
 }
