@@ -50,6 +50,9 @@ static int fuzz_action_is_valid(const uint8_t *p, size_t len);
 static void fuzz_auth(const uint8_t *data, size_t size);
 static int fuzz_py_space(uint8_t c);
 static void fuzz_media(const uint8_t *data, size_t size);
+static int fuzz_coding_is_identity(const uint8_t *data, size_t size);
+static int fuzz_strip_eq(const uint8_t *a, size_t alen, const uint8_t *b,
+    size_t blen);
 static int fuzz_media_is_json(const uint8_t *data, size_t size);
 static void fuzz_envelope(const uint8_t *data, size_t size,
     const char *code);
@@ -378,7 +381,20 @@ fuzz_auth(const uint8_t *data, size_t size)
 
     rc = dify_parse_authorization(size ? data : NULL, size, &token);
 
-    if (memchr(data, ' ', size) == NULL) {
+    /* gunicorn's value.strip(" \t") */
+
+    p = data;
+    last = data + size;
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    while (last > p && (last[-1] == ' ' || last[-1] == '\t')) {
+        last--;
+    }
+
+    if (p == last || memchr(p, ' ', last - p) == NULL) {
         fuzz_assert(rc == DIFY_AUTH_MISSING);
     }
 
@@ -387,10 +403,7 @@ fuzz_auth(const uint8_t *data, size_t size)
         return;
     }
 
-    /* "bearer", a whitespace run, then the token up to the end */
-
-    p = data;
-    last = data + size;
+    /* "bearer", a whitespace run, then the token up to the stripped end */
 
     while (p < last && fuzz_py_space(*p)) {
         p++;
@@ -423,6 +436,7 @@ static void
 fuzz_media(const uint8_t *data, size_t size)
 {
     size_t        half;
+    dify_media_t  m;
     dify_media_e  rc;
 
     rc = dify_check_media(data, size, NULL, 0);
@@ -437,11 +451,101 @@ fuzz_media(const uint8_t *data, size_t size)
         fuzz_assert(rc == DIFY_MEDIA_NOT_JSON);
 
     } else {
-        fuzz_assert(rc == DIFY_MEDIA_OK || rc == DIFY_MEDIA_ENCODED);
+        fuzz_assert(rc == (fuzz_coding_is_identity(data + half, size - half)
+                           ? DIFY_MEDIA_OK : DIFY_MEDIA_ENCODED));
     }
 
     rc = dify_check_media(NULL, 0, data, size);
     fuzz_assert(rc == DIFY_MEDIA_MISSING);
+
+    /* the input twice, then its halves: one Content-Type, then two */
+
+    dify_media_init(&m);
+    dify_media_type(&m, data, size);
+    dify_media_type(&m, data, size);
+    fuzz_assert(dify_media_verdict(&m)
+                == (fuzz_media_is_json(data, size) ? DIFY_MEDIA_OK
+                                                   : DIFY_MEDIA_NOT_JSON));
+
+    dify_media_init(&m);
+    dify_media_type(&m, data, half);
+    dify_media_type(&m, data + half, size - half);
+    rc = dify_media_verdict(&m);
+
+    if (fuzz_strip_eq(data, half, data + half, size - half)) {
+        fuzz_assert(rc == (fuzz_media_is_json(data, half)
+                           ? DIFY_MEDIA_OK : DIFY_MEDIA_NOT_JSON));
+
+    } else {
+        fuzz_assert(rc == DIFY_MEDIA_CONFLICT);
+    }
+}
+
+
+/* each element of the comma list, SP and HTAB stripped: "" or identity */
+
+static int
+fuzz_coding_is_identity(const uint8_t *data, size_t size)
+{
+    size_t          i, b, e;
+    const uint8_t  *p;
+
+    b = 0;
+
+    for (i = 0; i <= size; i++) {
+        if (i < size && data[i] != ',') {
+            continue;
+        }
+
+        p = data + b;
+        e = i - b;
+
+        while (e > 0 && (*p == ' ' || *p == '\t')) {
+            p++;
+            e--;
+        }
+
+        while (e > 0 && (p[e - 1] == ' ' || p[e - 1] == '\t')) {
+            e--;
+        }
+
+        if (e != 0 && (e != 8 || strncasecmp((const char *) p, "identity", 8)
+                                 != 0))
+        {
+            return 0;
+        }
+
+        b = i + 1;
+    }
+
+    return 1;
+}
+
+
+/* equal once gunicorn has stripped SP and HTAB from both ends */
+
+static int
+fuzz_strip_eq(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    while (alen > 0 && (*a == ' ' || *a == '\t')) {
+        a++;
+        alen--;
+    }
+
+    while (alen > 0 && (a[alen - 1] == ' ' || a[alen - 1] == '\t')) {
+        alen--;
+    }
+
+    while (blen > 0 && (*b == ' ' || *b == '\t')) {
+        b++;
+        blen--;
+    }
+
+    while (blen > 0 && (b[blen - 1] == ' ' || b[blen - 1] == '\t')) {
+        blen--;
+    }
+
+    return alen == blen && (alen == 0 || memcmp(a, b, alen) == 0);
 }
 
 

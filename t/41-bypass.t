@@ -595,12 +595,15 @@ attempt('Expect: 100-continue, valid body', 'pass',
 sub ct { my ($path, $body, @h) = @_;
          return sub { patch($path, $body, headers => [ Authorization => $KEY, @h ]) } }
 
-attempt('Content-Type json then text/plain, evil body', $BADJSON,
+# gunicorn keeps the last Content-Type: two that differ get 415 here
+attempt('Content-Type json then text/plain, evil body',
+    [ reject => 415, 'unsupported_media_type' ],
     ct($P, $EVIL, 'Content-Type' => 'application/json',
                   'Content-Type' => 'text/plain'));
-attempt('Content-Type json then text/plain, valid body (Dify answers 415 itself)',
-    'pass', ct($P, $GOOD, 'Content-Type' => 'application/json',
-                          'Content-Type' => 'text/plain'), body => $GOOD);
+attempt('Content-Type json then text/plain, valid body (Dify would answer 415)',
+    [ reject => 415, 'unsupported_media_type' ],
+    ct($P, $GOOD, 'Content-Type' => 'application/json',
+                  'Content-Type' => 'text/plain'));
 attempt('Content-Type text/plain then json', [ reject => 415, 'unsupported_media_type' ],
     ct($P, $EVIL, 'Content-Type' => 'text/plain',
                   'Content-Type' => 'application/json'));
@@ -628,7 +631,8 @@ for my $ce ('gzip', 'GZIP', 'deflate', 'gzip, identity', 'identity, gzip') {
 }
 attempt('Content-Encoding: identity, evil body', $BADJSON,
     ct($P, $EVIL, @JSON_HDRS[2, 3], 'Content-Encoding' => 'identity'));
-attempt('Content-Encoding: identity then gzip headers, gzip body', $BADJSON,
+attempt('Content-Encoding: identity then gzip headers, gzip body',
+    [ reject => 415, 'unsupported_media_type' ],
     ct($P, $gz, @JSON_HDRS[2, 3], 'Content-Encoding' => 'identity',
                                    'Content-Encoding' => 'gzip'));
 attempt('Content-Encoding: gzip then identity headers', [ reject => 415, 'unsupported_media_type' ],
@@ -734,7 +738,8 @@ attempt('h2 POST with x-http-method-override: PATCH', 'no_route', sub {
             headers => [ authorization => $KEY, 'content-type' => 'application/json',
                          'x-http-method-override' => 'PATCH' ]);
 });
-attempt('h2 two content-type fields, json first', $BADJSON, sub {
+attempt('h2 two content-type fields, json first',
+        [ reject => 415, 'unsupported_media_type' ], sub {
     h2patch($P, $EVIL, headers => [ authorization => $KEY,
         'content-type' => 'application/json', 'content-type' => 'text/plain' ]);
 });
