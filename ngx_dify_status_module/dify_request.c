@@ -15,6 +15,8 @@
 
 
 static unsigned char dify_hex_value(unsigned char c);
+static void dify_strip_ows(const unsigned char **p,
+    const unsigned char **last);
 static int dify_segment_is(const unsigned char *p, size_t len,
     const char *name, size_t name_len);
 static int dify_media_is_json(const unsigned char *p, size_t len);
@@ -222,13 +224,7 @@ dify_parse_authorization(const unsigned char *p, size_t len,
 
     /* gunicorn's value.strip(" \t") */
 
-    while (p < last && (*p == ' ' || *p == '\t')) {
-        p++;
-    }
-
-    while (last > p && (last[-1] == ' ' || last[-1] == '\t')) {
-        last--;
-    }
+    dify_strip_ows(&p, &last);
 
     /* "if auth_header is None or " " not in auth_header", once stripped */
 
@@ -306,13 +302,7 @@ dify_media_type(dify_media_t *m, const unsigned char *p, size_t len)
 
     last = p + len;
 
-    while (p < last && (*p == ' ' || *p == '\t')) {
-        p++;
-    }
-
-    while (last > p && (last[-1] == ' ' || last[-1] == '\t')) {
-        last--;
-    }
+    dify_strip_ows(&p, &last);
 
     len = last - p;
 
@@ -351,13 +341,7 @@ dify_media_encoding(dify_media_t *m, const unsigned char *p, size_t len)
         next = memchr(p, ',', last - p);
         end = (next != NULL) ? next : last;
 
-        while (p < end && (*p == ' ' || *p == '\t')) {
-            p++;
-        }
-
-        while (end > p && (end[-1] == ' ' || end[-1] == '\t')) {
-            end--;
-        }
+        dify_strip_ows(&p, &end);
 
         if (end != p
             && (end - p != 8 || !dify_ascii_caseeq(p, "identity", 8)))
@@ -482,6 +466,21 @@ dify_json_envelope(unsigned char *buf, size_t size, int status,
     }
 
     return p - buf;
+}
+
+
+/* SP and HTAB off both ends: gunicorn's value.strip(" \t"), HTTP's OWS */
+
+static void
+dify_strip_ows(const unsigned char **p, const unsigned char **last)
+{
+    while (*p < *last && (**p == ' ' || **p == '\t')) {
+        (*p)++;
+    }
+
+    while (*last > *p && ((*last)[-1] == ' ' || (*last)[-1] == '\t')) {
+        (*last)--;
+    }
 }
 
 
