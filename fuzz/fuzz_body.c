@@ -42,6 +42,8 @@ typedef struct {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void fuzz_body(const uint8_t *data, size_t size);
+static dify_body_rc_e fuzz_body_scan(json_t *v, size_t depth, size_t *values,
+    size_t max);
 static void fuzz_body_expect(json_t *root, const dify_body_conf_t *conf,
     char *expect);
 static int fuzz_is_uuid(const char *p, size_t len);
@@ -83,11 +85,10 @@ fuzz_body(const uint8_t *data, size_t size)
 {
     char                 expect[DIFY_BODY_MESSAGE_LEN];
     json_t              *root;
-    size_t               i, len;
+    size_t               i, len, max, values;
     uint8_t             *body;
     json_error_t         err;
-    const uint8_t       *p;
-    dify_body_rc_e       rc;
+    dify_body_rc_e       rc, scan;
     dify_body_conf_t     conf;
     dify_body_result_t   res;
 
@@ -116,16 +117,44 @@ fuzz_body(const uint8_t *data, size_t size)
         fuzz_assert(res.documents == 0);
     }
 
-    /* the reference: the same parser, and row 7 the obvious way */
+    /*
+     * The reference: the same parser, reading any value; the scan's
+     * limits from the tree it builds; and row 7 the obvious way.
+     */
 
-    p = body;
+    root = json_loadb((const char *) body, len,
+                      FUZZ_JSON_FLAGS | JSON_DECODE_ANY, &err);
 
-    if (len >= 3 && p[0] == 0xef && p[1] == 0xbb && p[2] == 0xbf) {
-        p += 3;
+    max = conf.max_documents ? conf.max_documents + 2 + DIFY_BODY_EXTRA_VALUES
+                             : SIZE_MAX;
+    values = 0;
+
+    if (len >= 3 && body[0] == 0xef && body[1] == 0xbb && body[2] == 0xbf) {
+        scan = DIFY_BODY_BAD_REQUEST;
+
+    } else if (root != NULL) {
+        scan = fuzz_body_scan(root, 0, &values, max);
+
+        if (scan == DIFY_BODY_OK && !json_is_object(root)) {
+            scan = DIFY_BODY_BAD_REQUEST;
+        }
+
+    } else {
+        /* not JSON: BAD_REQUEST, or TOO_MANY_VALUES if counted first */
+        scan = DIFY_BODY_NOMEM;
     }
 
-    root = json_loadb((const char *) p, len - (p - body), FUZZ_JSON_FLAGS,
-                      &err);
+    if (scan == DIFY_BODY_NOMEM) {
+        fuzz_assert(rc == DIFY_BODY_BAD_REQUEST
+                    || (rc == DIFY_BODY_TOO_MANY_VALUES
+                        && conf.max_documents != 0));
+
+    } else if (scan != DIFY_BODY_OK) {
+        fuzz_assert(rc == scan);
+
+    } else {
+        fuzz_assert(rc == DIFY_BODY_OK || rc == DIFY_BODY_INVALID_PARAM);
+    }
 
     switch (rc) {
 
@@ -142,7 +171,8 @@ fuzz_body(const uint8_t *data, size_t size)
         break;
 
     case DIFY_BODY_BAD_REQUEST:
-        fuzz_assert(root == NULL || !json_is_object(root));
+        fuzz_assert(root == NULL || !json_is_object(root)
+                    || scan == DIFY_BODY_BAD_REQUEST);
         fuzz_assert(res.message[0] != '\0');
 
         for (i = 0; res.message[i] != '\0'; i++) {
@@ -167,6 +197,15 @@ fuzz_body(const uint8_t *data, size_t size)
                       "invalid_param");
         break;
 
+    case DIFY_BODY_TOO_MANY_VALUES:
+        fuzz_assert(conf.max_documents != 0);
+        sprintf(expect, "Request body must not hold more than %zu JSON "
+                "values.", max);
+        fuzz_assert(strcmp(res.message, expect) == 0);
+        fuzz_envelope((const uint8_t *) res.message, strlen(res.message),
+                      "request_entity_too_large");
+        break;
+
     default:
         /* no allocation fails here */
         fuzz_assert(0);
@@ -174,6 +213,53 @@ fuzz_body(const uint8_t *data, size_t size)
 
     json_decref(root);
     free(body);
+}
+
+
+/*
+ * What the scan should find in a body jansson reads, from its tree: the
+ * values in document order (jansson keeps an object's keys in the order
+ * read), the first that opens a level past the cap or goes over the
+ * budget answers.
+ */
+
+static dify_body_rc_e
+fuzz_body_scan(json_t *v, size_t depth, size_t *values, size_t max)
+{
+    size_t           i;
+    json_t          *item;
+    const char      *key;
+    dify_body_rc_e   rc;
+
+    if ((json_is_object(v) || json_is_array(v))
+        && depth == DIFY_BODY_MAX_DEPTH)
+    {
+        return DIFY_BODY_BAD_REQUEST;
+    }
+
+    if (++*values > max) {
+        return DIFY_BODY_TOO_MANY_VALUES;
+    }
+
+    if (json_is_object(v)) {
+        json_object_foreach(v, key, item) {
+            rc = fuzz_body_scan(item, depth + 1, values, max);
+            if (rc != DIFY_BODY_OK) {
+                return rc;
+            }
+        }
+    }
+
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, item) {
+            rc = fuzz_body_scan(item, depth + 1, values, max);
+            if (rc != DIFY_BODY_OK) {
+                return rc;
+            }
+        }
+    }
+
+    return DIFY_BODY_OK;
 }
 
 

@@ -638,6 +638,13 @@ ngx_http_dify_check_body(ngx_http_request_t *r,
                              NGX_HTTP_BAD_REQUEST, res.message, 0);
         return NGX_DECLINED;
 
+    case DIFY_BODY_TOO_MANY_VALUES:
+        /* row 5: too large to parse, counted before anything is built */
+        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_TOO_LARGE,
+                             NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                             res.message, 0);
+        return NGX_DECLINED;
+
     default: /* DIFY_BODY_NOMEM */
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                       "dify_status: out of memory validating the body");
@@ -1151,7 +1158,7 @@ ngx_http_dify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
-                              1024 * 1024);
+                              64 * 1024);
     ngx_conf_merge_uint_value(conf->max_documents, prev->max_documents, 1000);
     ngx_conf_merge_uint_value(conf->document_ids, prev->document_ids,
                               NGX_HTTP_DIFY_IDS_UUID);
