@@ -384,8 +384,8 @@ ngx_http_dify_handler(ngx_http_request_t *r)
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
         /*
          * nginx refused the body at once: its answer, as for any request
-         * it refuses; the status is kept for an error_page that sends the
-         * request to a location where the module sees it again
+         * it refuses; the status is kept for the entry that an error_page
+         * may bring
          */
         ctx->status = rc;
         return rc;
