@@ -283,8 +283,6 @@ ngx_http_dify_ctx_t *ngx_http_dify_get_ctx(ngx_http_request_t *r);
 /* records a rejection: the phase handler sends it */
 void ngx_http_dify_reject(ngx_http_dify_ctx_t *ctx, ngx_uint_t code,
     ngx_uint_t status, const char *message, size_t len);
-ngx_table_elt_t *ngx_http_dify_find_header(ngx_http_request_t *r,
-    const char *name);
 extern const ngx_str_t  ngx_http_dify_codes[NGX_HTTP_DIFY_NCODES];
 
 
