@@ -343,11 +343,11 @@ ngx_http_dify_redis_command(ngx_http_dify_redis_pt handler, void *data,
     cmd->end = rd->appended;
 
     /*
-     * Not a timer per request: written in the next pass of the event
-     * loop, when the write handler re-arms it with the command's own
-     * timeout.  This one fires only when the socket does not take the
-     * command (a hung Redis, a handshake under way, or a failure that
-     * leaves no event to write it).
+     * A backstop until the command is written, normally in the next
+     * pass of the event loop, when the write handler re-arms the timer
+     * for the command's own timeout: it fires only when the socket does
+     * not take the command (Redis reads nothing, or the connection is
+     * not established yet).
      */
 
     ngx_http_dify_redis_arm(&cmd->timer, ngx_http_dify_redis_msec()
@@ -928,8 +928,8 @@ static void
 ngx_http_dify_redis_hung(ngx_uint_t stuck)
 {
     ngx_msec_t                  since;
-    ngx_msec_int_t              waited;
     ngx_queue_t                *q;
+    ngx_msec_int_t              waited;
     ngx_http_dify_redis_t      *rd;
     ngx_http_dify_redis_cmd_t  *first;
 
