@@ -175,7 +175,7 @@ typedef struct {
     uint64_t                   cost;
 
     ngx_http_dify_redis_cmd_t *cmd;                 /* a pending command */
-    ngx_event_t                wait;                /* timer and resume */
+    ngx_event_t                wait;                /* posted: resume */
     ngx_http_request_t        *request;
 
     unsigned                   has_key:1;
@@ -196,10 +196,17 @@ extern ngx_module_t  ngx_http_dify_status_module;
  * The handler is called exactly once for every command that
  * ngx_http_dify_redis_command() accepted, unless the caller cancelled
  * it first or the worker is exiting: with the reply, or with NULL when
- * the connection went away first.  The reply belongs to hiredis and
- * lives only for the call, and so does the command record: the caller
- * forgets it in the handler.  The handler may send a new command when
- * reply is not NULL.  Error replies are the caller's to count.
+ * no reply came within timeout or the connection went away first.  The
+ * timeout (in milliseconds) counts from when the command was written to
+ * the socket, on a fresh clock, and the replies already in the socket
+ * are read before it is taken: Redis's delay alone, however long the
+ * worker was busy; until written, a command waits connect_timeout +
+ * timeout at most.  The handler is never called from inside
+ * ngx_http_dify_redis_command() or _cancel().  The reply belongs to
+ * hiredis and lives only for the call, and so does the command record:
+ * the caller forgets it in the handler.  The handler may send a new
+ * command when reply is not NULL.  Error replies are the caller's to
+ * count; timeouts and lost commands are counted here.
  */
 typedef void (*ngx_http_dify_redis_pt)(redisReply *reply, void *data);
 
@@ -212,15 +219,16 @@ void ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle);
 ngx_uint_t ngx_http_dify_redis_is_up(void);
 /* NULL when the connection is down, or on failure */
 ngx_http_dify_redis_cmd_t *ngx_http_dify_redis_command(
-    ngx_http_dify_redis_pt handler, void *data, int argc,
-    const char **argv, const size_t *argvlen);
+    ngx_http_dify_redis_pt handler, void *data, ngx_msec_t timeout,
+    int argc, const char **argv, const size_t *argvlen);
 /*
- * The caller has gone (timeout, client abort): its handler will not be
- * called.  timed_out tells the connection that a reply is overdue, so
- * that a hung Redis is detected and the connection re-established.
+ * In the handler of a reply: what was left of the command's timeout
+ * when the reply came (in milliseconds, 0 when none), for a command
+ * sent in its place.
  */
-void ngx_http_dify_redis_cancel(ngx_http_dify_redis_cmd_t *cmd,
-    ngx_uint_t timed_out);
+ngx_msec_t ngx_http_dify_redis_left(ngx_http_dify_redis_cmd_t *cmd);
+/* the caller has gone (client abort): its handler will not be called */
+void ngx_http_dify_redis_cancel(ngx_http_dify_redis_cmd_t *cmd);
 
 
 /* ngx_http_dify_status_metrics.c: counters in shared memory */
@@ -259,12 +267,11 @@ char *ngx_http_dify_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 /*
  * Decides the limit for a validated request.  Returns NGX_OK when the
  * verdict is known at once (ctx->outcome set), NGX_AGAIN when a Redis
- * reply is awaited: the request is then resumed through ctx->wait.
+ * reply is awaited: once decided (the reply, or the fallback when none
+ * came within the Redis timeout), ctx->wait is posted to resume the
+ * request.  A pending command is cancelled through ctx->cmd.
  */
 ngx_int_t ngx_http_dify_limit_start(ngx_http_request_t *r,
-    ngx_http_dify_ctx_t *ctx);
-/* the timer of a pending Redis reply fired: take the fallback */
-void ngx_http_dify_limit_timeout(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx);
 /* adds the RateLimit fields to r->headers_out when configured */
 ngx_int_t ngx_http_dify_limit_headers(ngx_http_request_t *r,

@@ -66,7 +66,7 @@ typedef struct {
 
 static ngx_int_t ngx_http_dify_limit_send(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
-    ngx_uint_t eval);
+    ngx_msec_t timeout);
 static void ngx_http_dify_limit_reply(redisReply *reply, void *data);
 static void ngx_http_dify_limit_decided(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
@@ -125,14 +125,16 @@ ngx_http_dify_limit_start(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
         return NGX_OK;
     }
 
-    if (ngx_http_dify_limit_send(r, dlcf, ctx, 0) != NGX_OK) {
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_dify_status_module);
+
+    /* the Redis connection times the command from when it is written */
+
+    if (ngx_http_dify_limit_send(r, dlcf, ctx, mcf->redis->timeout)
+        != NGX_OK)
+    {
         ngx_http_dify_limit_fallback(r, dlcf, ctx);
         return NGX_OK;
     }
-
-    mcf = ngx_http_get_module_main_conf(r, ngx_http_dify_status_module);
-
-    ngx_add_timer(&ctx->wait, mcf->redis->timeout);
 
     return NGX_AGAIN;
 }
@@ -147,7 +149,7 @@ ngx_http_dify_limit_start(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
 static ngx_int_t
 ngx_http_dify_limit_send(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
-    ngx_uint_t eval)
+    ngx_msec_t timeout)
 {
     u_char                     *p, *tat, *limit, *num;
     size_t                      len, argvlen[9];
@@ -178,7 +180,7 @@ ngx_http_dify_limit_send(ngx_http_request_t *r,
 
     num = p;
 
-    if (eval) {
+    if (ctx->noscript) {
         argv[0] = "EVAL";
         argv[1] = dify_gcra_script;
         argvlen[1] = ngx_strlen(dify_gcra_script);
@@ -215,39 +217,48 @@ ngx_http_dify_limit_send(ngx_http_request_t *r,
     argvlen[8] = p - num;
 
     ctx->cmd = ngx_http_dify_redis_command(ngx_http_dify_limit_reply, ctx,
-                                           9, argv, argvlen);
+                                           timeout, 9, argv, argvlen);
     if (ctx->cmd == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "dify_status limit: %s cost %uL", argv[0], ctx->cost);
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "dify_status limit: %s cost %uL, timeout %M ms",
+                   argv[0], ctx->cost, timeout);
 
     return NGX_OK;
 }
 
 
-/* called by the Redis connection, from inside hiredis */
+/*
+ * Called by the Redis connection exactly once per command: from inside
+ * hiredis, or from the command's timer (reply NULL).  It decides and
+ * posts ctx->wait, so that the request goes on outside of both.
+ */
 
 static void
 ngx_http_dify_limit_reply(redisReply *reply, void *data)
 {
     ngx_http_dify_ctx_t *ctx = data;
 
-    size_t                     err_len;
-    const char                *err;
-    dify_reply_rc_e            rc;
-    ngx_http_request_t        *r;
-    ngx_http_dify_loc_conf_t  *dlcf;
+    size_t                      err_len;
+    ngx_msec_t                  left;
+    const char                 *err;
+    dify_reply_rc_e             rc;
+    ngx_http_request_t         *r;
+    ngx_http_dify_loc_conf_t   *dlcf;
+    ngx_http_dify_redis_cmd_t  *cmd;
 
     r = ctx->request;
+    cmd = ctx->cmd;
     ctx->cmd = NULL;
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
 
     if (reply == NULL) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "dify_status limit: connection lost");
+                       "dify_status limit: no reply in time, "
+                       "or the connection was lost");
         ngx_http_dify_limit_fallback(r, dlcf, ctx);
         goto resume;
     }
@@ -261,8 +272,13 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
         ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_NOSCRIPT);
         ctx->noscript = 1;
 
-        if (ngx_http_dify_limit_send(r, dlcf, ctx, 1) == NGX_OK) {
-            /* the timer set for the first command still runs */
+        /* the script itself, in what is left of the request's time */
+
+        left = ngx_http_dify_redis_left(cmd);
+
+        if (left != 0
+            && ngx_http_dify_limit_send(r, dlcf, ctx, left) == NGX_OK)
+        {
             return;
         }
 
@@ -286,30 +302,7 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
 
 resume:
 
-    if (ctx->wait.timer_set) {
-        ngx_del_timer(&ctx->wait);
-    }
-
     ngx_post_event(&ctx->wait, &ngx_posted_events);
-}
-
-
-void
-ngx_http_dify_limit_timeout(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
-{
-    ngx_http_dify_loc_conf_t  *dlcf;
-
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "dify_status limit: redis timed out");
-
-    if (ctx->cmd != NULL) {
-        ngx_http_dify_redis_cancel(ctx->cmd, 1);
-        ctx->cmd = NULL;
-    }
-
-    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
-
-    ngx_http_dify_limit_fallback(r, dlcf, ctx);
 }
 
 

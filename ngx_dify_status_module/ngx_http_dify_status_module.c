@@ -1083,7 +1083,7 @@ ngx_http_dify_send(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
 }
 
 
-/* the limiter's timer, and the event a Redis reply posts */
+/* the event the limiter posts once it has decided */
 
 static void
 ngx_http_dify_wait_handler(ngx_event_t *ev)
@@ -1099,13 +1099,8 @@ ngx_http_dify_wait_handler(ngx_event_t *ev)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_dify_status_module);
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
-                   "dify_status wait handler, timed out: %d", ev->timedout);
-
-    if (ev->timedout) {
-        ev->timedout = 0;
-        ngx_http_dify_limit_timeout(r, ctx);
-    }
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "dify_status wait handler");
 
     ctx->state = NGX_HTTP_DIFY_STATE_DECIDED;
 
@@ -1123,7 +1118,7 @@ ngx_http_dify_cleanup(void *data)
     ngx_http_dify_ctx_t  *ctx = data;
 
     if (ctx->cmd != NULL) {
-        ngx_http_dify_redis_cancel(ctx->cmd, 0);
+        ngx_http_dify_redis_cancel(ctx->cmd);
         ctx->cmd = NULL;
     }
 

@@ -9,6 +9,14 @@
  * SELECT, PING) has been answered; while it is down, commands are
  * refused at once and the connection is re-established from a timer
  * with a growing delay.
+ *
+ * Each command's wait is Redis's delay alone, never the worker's: its
+ * deadline is counted from when hiredis wrote it to the socket, on a
+ * fresh clock (nginx's cached one still reads the start of the current
+ * pass of the event loop, however long that pass has been), and before
+ * a deadline is acted on, the replies already in the socket are read
+ * (a stalled pass, or the accept mutex, which posts read events after
+ * the timers, can leave them there).
  */
 
 
@@ -18,6 +26,7 @@
 
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
+#include <hiredis/sds.h>
 
 #include "ngx_http_dify_status.h"
 
@@ -28,6 +37,9 @@
 #define NGX_HTTP_DIFY_REDIS_BACKOFF_MIN    50       /* in milliseconds */
 #define NGX_HTTP_DIFY_REDIS_BACKOFF_MAX    500      /* in milliseconds */
 
+/* what redisBufferRead() reads at most at a time */
+#define NGX_HTTP_DIFY_REDIS_READ_SIZE      (16 * 1024)
+
 /* the kind of failure last logged: each is logged once, not per attempt */
 #define NGX_HTTP_DIFY_REDIS_LOG_NONE       0
 #define NGX_HTTP_DIFY_REDIS_LOG_NETWORK    1        /* refused, lost, hung */
@@ -37,9 +49,17 @@
 struct ngx_http_dify_redis_cmd_s {
     ngx_http_dify_redis_pt         handler;     /* NULL: cancelled or done */
     void                          *data;
-    ngx_queue_t                    queue;
-    ngx_msec_t                     sent;        /* ngx_current_msec */
-    uint64_t                       start;       /* in microseconds */
+    ngx_queue_t                    queue;       /* queued, then pending */
+
+    /* until written, a backstop: connect_timeout + timeout from queued */
+    ngx_event_t                    timer;
+
+    uint64_t                       end;         /* output offset past it */
+    ngx_msec_t                     timeout;     /* from written */
+    ngx_msec_t                     written;     /* fresh clock, in ms */
+    ngx_msec_t                     deadline;    /* fresh clock, in ms */
+    uint64_t                       start;       /* written, in us */
+    unsigned                       is_written:1;
 };
 
 
@@ -50,15 +70,24 @@ typedef struct {
     /* NULL while there is no connection, set in connect, cleared in cleanup */
     redisAsyncContext             *ac;
 
-    /* sent and not yet called back, oldest first */
+    /* written and not yet called back, oldest first */
     ngx_queue_t                    pending;
+
+    /* given to hiredis, not yet (wholly) written, in order */
+    ngx_queue_t                    queued;
+
+    /* bytes given to hiredis on this connection, handshake included */
+    uint64_t                       appended;
+
+    /* the command whose deadline is being acted on, NULL once freed */
+    ngx_http_dify_redis_cmd_t     *expiring;
 
     ngx_event_t                    reconnect;
     ngx_event_t                    handshake;   /* connect_timeout */
     ngx_event_t                    drop;        /* posted */
 
     ngx_msec_t                     backoff;     /* the next reconnect delay */
-    ngx_msec_t                     last_reply;  /* ngx_current_msec */
+    ngx_msec_t                     last_reply;  /* fresh clock, in ms */
     ngx_uint_t                     logged;      /* _LOG_* */
 
     unsigned                       configured:1;
@@ -78,6 +107,11 @@ static void ngx_http_dify_redis_reply_handler(redisAsyncContext *ac, void *r,
     void *privdata);
 static void ngx_http_dify_redis_drop(void);
 static void ngx_http_dify_redis_schedule(void);
+static void ngx_http_dify_redis_written(void);
+static ngx_uint_t ngx_http_dify_redis_catch_up(void);
+static void ngx_http_dify_redis_hung(ngx_uint_t stuck);
+static void ngx_http_dify_redis_free_cmd(ngx_http_dify_redis_cmd_t *cmd);
+static void ngx_http_dify_redis_arm(ngx_event_t *ev, ngx_msec_t deadline);
 
 static void ngx_http_dify_redis_read_handler(ngx_event_t *rev);
 static void ngx_http_dify_redis_write_handler(ngx_event_t *wev);
@@ -87,10 +121,12 @@ static void ngx_http_dify_redis_add_write(void *privdata);
 static void ngx_http_dify_redis_del_write(void *privdata);
 static void ngx_http_dify_redis_cleanup(void *privdata);
 
+static void ngx_http_dify_redis_timeout_handler(ngx_event_t *ev);
 static void ngx_http_dify_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_http_dify_redis_handshake_timeout(ngx_event_t *ev);
 static void ngx_http_dify_redis_drop_handler(ngx_event_t *ev);
 
+static ngx_msec_t ngx_http_dify_redis_msec(void);
 static uint64_t ngx_http_dify_redis_usec(void);
 static ngx_int_t ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst,
     u_char *src, size_t len);
@@ -130,6 +166,7 @@ ngx_http_dify_redis_init_process(ngx_cycle_t *cycle,
     rd->log = cycle->log;
 
     ngx_queue_init(&rd->pending);
+    ngx_queue_init(&rd->queued);
 
     rd->reconnect.handler = ngx_http_dify_redis_reconnect_handler;
     rd->reconnect.data = rd;
@@ -223,7 +260,8 @@ ngx_http_dify_redis_is_up(void)
  * A connection whose handshake is under way, opened when nothing has
  * failed since the last success (a new worker: at start, after a
  * reload): commands queue behind the handshake, hiredis keeps them in
- * order, and each request's own timer still bounds its wait.  After a
+ * order, and each is still bounded by connect_timeout + its timeout
+ * until written, by its timeout after that.  After a
  * failure (Redis lost, refused, hung, a handshake error) commands are
  * refused until the handshake is answered, so that an outage costs no
  * timeout per request.
@@ -252,8 +290,9 @@ ngx_http_dify_redis_connecting(void)
 
 ngx_http_dify_redis_cmd_t *
 ngx_http_dify_redis_command(ngx_http_dify_redis_pt handler, void *data,
-    int argc, const char **argv, const size_t *argvlen)
+    ngx_msec_t timeout, int argc, const char **argv, const size_t *argvlen)
 {
+    size_t                      before;
     ngx_http_dify_redis_t      *rd;
     ngx_http_dify_redis_cmd_t  *cmd;
 
@@ -261,7 +300,7 @@ ngx_http_dify_redis_command(ngx_http_dify_redis_pt handler, void *data,
 
     /* hiredis asserts on an empty command */
 
-    if (argc < 1) {
+    if (argc < 1 || timeout == 0) {
         return NULL;
     }
 
@@ -269,17 +308,22 @@ ngx_http_dify_redis_command(ngx_http_dify_redis_pt handler, void *data,
         return NULL;
     }
 
-    cmd = ngx_alloc(sizeof(ngx_http_dify_redis_cmd_t), rd->log);
+    cmd = ngx_calloc(sizeof(ngx_http_dify_redis_cmd_t), rd->log);
     if (cmd == NULL) {
         return NULL;
     }
 
     cmd->handler = handler;
     cmd->data = data;
-    cmd->sent = ngx_current_msec;
-    cmd->start = ngx_http_dify_redis_usec();
+    cmd->timeout = timeout;
 
-    ngx_queue_insert_tail(&rd->pending, &cmd->queue);
+    cmd->timer.handler = ngx_http_dify_redis_timeout_handler;
+    cmd->timer.data = cmd;
+    cmd->timer.log = rd->log;
+
+    ngx_queue_insert_tail(&rd->queued, &cmd->queue);
+
+    before = sdslen(rd->ac->c.obuf);
 
     if (redisAsyncCommandArgv(rd->ac, ngx_http_dify_redis_reply_handler, cmd,
                               argc, argv, argvlen)
@@ -293,9 +337,26 @@ ngx_http_dify_redis_command(ngx_http_dify_redis_pt handler, void *data,
         return NULL;
     }
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: command %p %*s",
-                   cmd, argvlen[0], argv[0]);
+    /* hiredis appends the command to its output buffer, sent later */
+
+    rd->appended += sdslen(rd->ac->c.obuf) - before;
+    cmd->end = rd->appended;
+
+    /*
+     * A backstop until the command is written, normally in the next
+     * pass of the event loop, when the write handler re-arms the timer
+     * for the command's own timeout: it fires only when the socket does
+     * not take the command (Redis reads nothing, or the connection is
+     * not established yet).
+     */
+
+    ngx_http_dify_redis_arm(&cmd->timer, ngx_http_dify_redis_msec()
+                                         + rd->conf->connect_timeout
+                                         + timeout);
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+                   "dify_status redis: command %p %*s, timeout %M ms",
+                   cmd, argvlen[0], argv[0], timeout);
 
     ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_COMMANDS);
 
@@ -303,15 +364,31 @@ ngx_http_dify_redis_command(ngx_http_dify_redis_pt handler, void *data,
 }
 
 
-void
-ngx_http_dify_redis_cancel(ngx_http_dify_redis_cmd_t *cmd,
-    ngx_uint_t timed_out)
+ngx_msec_t
+ngx_http_dify_redis_left(ngx_http_dify_redis_cmd_t *cmd)
 {
-    ngx_msec_t                  since;
-    ngx_msec_int_t              waited;
-    ngx_queue_t                *q;
-    ngx_http_dify_redis_t      *rd;
-    ngx_http_dify_redis_cmd_t  *first;
+    ngx_msec_int_t  left;
+
+    /*
+     * Counted to the start of this pass of the event loop (the cached
+     * clock), not to now: a reply read in this pass was in the socket
+     * when the pass began, unless it came during the pass.
+     */
+
+    left = (ngx_msec_int_t) (cmd->deadline - ngx_current_msec);
+
+    if (!cmd->is_written || left <= 0) {
+        return 0;
+    }
+
+    return ngx_min((ngx_msec_t) left, cmd->timeout);
+}
+
+
+void
+ngx_http_dify_redis_cancel(ngx_http_dify_redis_cmd_t *cmd)
+{
+    ngx_http_dify_redis_t  *rd;
 
     rd = &ngx_http_dify_redis;
 
@@ -319,54 +396,17 @@ ngx_http_dify_redis_cancel(ngx_http_dify_redis_cmd_t *cmd,
         return;
     }
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: cancel %p, timed out: %ui",
-                   cmd, timed_out);
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+                   "dify_status redis: cancel %p", cmd);
 
     /* the record stays queued until hiredis calls it back, then is freed */
 
     cmd->handler = NULL;
     cmd->data = NULL;
 
-    if (!timed_out) {
-        return;
+    if (cmd->timer.timer_set) {
+        ngx_del_timer(&cmd->timer);
     }
-
-    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_TIMEOUTS);
-
-    if (!ngx_http_dify_redis_is_up() || ngx_queue_empty(&rd->pending)) {
-        return;
-    }
-
-    /*
-     * Replies come in order: the oldest command has been waiting since
-     * it was sent or since the last reply, whichever came later.  When
-     * that is longer than the timeout, Redis is hung (or the path to it
-     * is): drop the connection rather than queue more commands on it.
-     */
-
-    q = ngx_queue_head(&rd->pending);
-    first = ngx_queue_data(q, ngx_http_dify_redis_cmd_t, queue);
-
-    since = first->sent;
-
-    if ((ngx_msec_int_t) (rd->last_reply - since) > 0) {
-        since = rd->last_reply;
-    }
-
-    waited = (ngx_msec_int_t) (ngx_current_msec - since);
-
-    if (waited < (ngx_msec_int_t) rd->conf->timeout) {
-        return;
-    }
-
-    ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                  "redis \"%V\" lost: no reply for %M ms, reconnecting",
-                  &rd->conf->address, (ngx_msec_t) waited);
-
-    rd->logged = NGX_HTTP_DIFY_REDIS_LOG_NETWORK;
-
-    ngx_http_dify_redis_drop();
 }
 
 
@@ -443,6 +483,7 @@ ngx_http_dify_redis_connect(void)
     rd->ac = ac;
     rd->connected = 0;
     rd->dropping = 0;
+    rd->appended = 0;
 
     /* hiredis calls the hooks from now on, the cleanup hook included */
 
@@ -509,7 +550,13 @@ ngx_http_dify_redis_connect(void)
         goto failed;
     }
 
-    ngx_add_timer(&rd->handshake, rcf->connect_timeout);
+    /* the handshake is written before any command queued behind it */
+    rd->appended = sdslen(ac->c.obuf);
+
+    /* from now: connect() has just been called */
+
+    ngx_http_dify_redis_arm(&rd->handshake,
+                            ngx_http_dify_redis_msec() + rcf->connect_timeout);
 
     return;
 
@@ -556,7 +603,7 @@ ngx_http_dify_redis_handshake_handler(redisAsyncContext *ac, void *r,
         return;
     }
 
-    rd->last_reply = ngx_current_msec;
+    rd->last_reply = ngx_http_dify_redis_msec();
 
     if (reply->type == REDIS_REPLY_ERROR) {
 
@@ -599,6 +646,7 @@ ngx_http_dify_redis_reply_handler(redisAsyncContext *ac, void *r,
     redisReply                 *reply = r;
     ngx_http_dify_redis_cmd_t  *cmd = privdata;
 
+    void                       *data;
     ngx_http_dify_redis_t      *rd;
     ngx_http_dify_redis_pt      handler;
 
@@ -606,8 +654,12 @@ ngx_http_dify_redis_reply_handler(redisAsyncContext *ac, void *r,
 
     ngx_queue_remove(&cmd->queue);
 
+    if (cmd->timer.timer_set) {
+        ngx_del_timer(&cmd->timer);
+    }
+
     if (reply != NULL) {
-        rd->last_reply = ngx_current_msec;
+        rd->last_reply = ngx_http_dify_redis_msec();
     }
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, rd->log, 0,
@@ -615,7 +667,7 @@ ngx_http_dify_redis_reply_handler(redisAsyncContext *ac, void *r,
                    cmd, reply ? reply->type : 0, cmd->handler == NULL);
 
     if (cmd->handler == NULL || rd->exiting) {
-        ngx_free(cmd);
+        ngx_http_dify_redis_free_cmd(cmd);
         return;
     }
 
@@ -636,11 +688,14 @@ ngx_http_dify_redis_reply_handler(redisAsyncContext *ac, void *r,
      */
 
     handler = cmd->handler;
+    data = cmd->data;
+
     cmd->handler = NULL;
+    cmd->data = NULL;
 
-    handler(reply, cmd->data);
+    handler(reply, data);
 
-    ngx_free(cmd);
+    ngx_http_dify_redis_free_cmd(cmd);
 }
 
 
@@ -702,12 +757,220 @@ ngx_http_dify_redis_read_handler(ngx_event_t *rev)
 static void
 ngx_http_dify_redis_write_handler(ngx_event_t *wev)
 {
-    ngx_connection_t  *c;
+    ngx_connection_t   *c;
+    redisAsyncContext  *ac;
 
     c = wev->data;
+    ac = c->data;
 
-    /* the context and c may be freed when this returns: touch neither */
-    redisAsyncHandleWrite(c->data);
+    /*
+     * The context and c may be freed when this returns: touch neither
+     * unless rd->ac still points to it (the cleanup hook clears it, and
+     * a new context is only ever made from the reconnect timer).
+     */
+
+    redisAsyncHandleWrite(ac);
+
+    if (ngx_http_dify_redis.ac == ac) {
+        ngx_http_dify_redis_written();
+    }
+}
+
+
+/*
+ * After hiredis wrote: the commands now wholly in the socket get their
+ * deadline, their timeout from now on a fresh clock.  ngx_add_timer()
+ * counts from ngx_current_msec, which may be far behind now: the timer
+ * is armed for the difference too, so that it fires at the deadline.
+ */
+
+static void
+ngx_http_dify_redis_written(void)
+{
+    uint64_t                    written, usec;
+    ngx_msec_t                  now;
+    ngx_queue_t                *q;
+    ngx_http_dify_redis_t      *rd;
+    ngx_http_dify_redis_cmd_t  *cmd;
+
+    rd = &ngx_http_dify_redis;
+
+    written = rd->appended - sdslen(rd->ac->c.obuf);
+
+    now = 0;
+    usec = 0;
+
+    while (!ngx_queue_empty(&rd->queued)) {
+        q = ngx_queue_head(&rd->queued);
+        cmd = ngx_queue_data(q, ngx_http_dify_redis_cmd_t, queue);
+
+        if (cmd->end > written) {
+            break;
+        }
+
+        if (usec == 0) {
+            now = ngx_http_dify_redis_msec();
+            usec = ngx_http_dify_redis_usec();
+        }
+
+        ngx_queue_remove(q);
+        ngx_queue_insert_tail(&rd->pending, q);
+
+        cmd->is_written = 1;
+        cmd->written = now;
+        cmd->deadline = now + cmd->timeout;
+        cmd->start = usec;
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+                       "dify_status redis: written %p", cmd);
+
+        /* a cancelled command keeps no timer */
+
+        if (cmd->handler != NULL) {
+            ngx_http_dify_redis_arm(&cmd->timer, cmd->deadline);
+        }
+    }
+}
+
+
+/*
+ * Before a deadline is acted on: what the worker had no time for.  The
+ * unwritten commands are written if the socket takes them, and the
+ * replies already in the socket are read (hiredis reads 16 KiB at a
+ * time: as many times as it takes for what is there now).  Either may
+ * call handlers, free any command and free the context: the caller
+ * learns what became of its command through rd->expiring.  Returns 1
+ * when commands are left unwritten and the socket took none of them.
+ */
+
+static ngx_uint_t
+ngx_http_dify_redis_catch_up(void)
+{
+    int                     n;
+    size_t                  unsent;
+    ngx_uint_t              reads, stuck;
+    redisAsyncContext      *ac;
+    ngx_http_dify_redis_t  *rd;
+
+    rd = &ngx_http_dify_redis;
+    ac = rd->ac;
+    stuck = 0;
+
+    if (ac == NULL || rd->dropping || rd->exiting
+        || !(ac->c.flags & REDIS_CONNECTED)
+        || (ac->c.flags & (REDIS_DISCONNECTING|REDIS_FREEING)))
+    {
+        return 0;
+    }
+
+    unsent = sdslen(ac->c.obuf);
+
+    if (unsent) {
+        redisAsyncHandleWrite(ac);
+
+        if (rd->ac != ac) {
+            return 0;
+        }
+
+        ngx_http_dify_redis_written();
+
+        stuck = (sdslen(ac->c.obuf) == unsent);
+    }
+
+#if (NGX_HAVE_FIONREAD)
+
+    if (ngx_socket_nread(ac->c.fd, &n) == -1 || n <= 0) {
+        return stuck;
+    }
+
+    for (reads = n / NGX_HTTP_DIFY_REDIS_READ_SIZE + 1; reads; reads--) {
+
+        redisAsyncHandleRead(ac);
+
+        if (rd->ac != ac || rd->dropping) {
+            return 0;
+        }
+
+        if (ngx_socket_nread(ac->c.fd, &n) == -1 || n <= 0) {
+            break;
+        }
+    }
+
+#else
+
+    /* nothing there: hiredis reads EAGAIN and carries on */
+
+    (void) n;
+    (void) reads;
+
+    redisAsyncHandleRead(ac);
+
+    if (rd->ac != ac || rd->dropping) {
+        return 0;
+    }
+
+#endif
+
+    return stuck;
+}
+
+
+/*
+ * A deadline passed with nothing left unread.  Replies come in order:
+ * the oldest command written has been waiting since it was written or
+ * since the last reply, whichever came later, both on a fresh clock.
+ * When that is longer than the timeout, Redis is hung (or the path to
+ * it is): drop the connection rather than queue more commands on it.
+ * With nothing written, "stuck" says that the socket takes no more.
+ */
+
+static void
+ngx_http_dify_redis_hung(ngx_uint_t stuck)
+{
+    ngx_msec_t                  since;
+    ngx_queue_t                *q;
+    ngx_msec_int_t              waited;
+    ngx_http_dify_redis_t      *rd;
+    ngx_http_dify_redis_cmd_t  *first;
+
+    rd = &ngx_http_dify_redis;
+
+    if (!ngx_http_dify_redis_is_up()) {
+        return;
+    }
+
+    if (!ngx_queue_empty(&rd->pending)) {
+        q = ngx_queue_head(&rd->pending);
+        first = ngx_queue_data(q, ngx_http_dify_redis_cmd_t, queue);
+
+        since = first->written;
+
+        if ((ngx_msec_int_t) (rd->last_reply - since) > 0) {
+            since = rd->last_reply;
+        }
+
+        waited = (ngx_msec_int_t) (ngx_http_dify_redis_msec() - since);
+
+        if (waited < (ngx_msec_int_t) rd->conf->timeout) {
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "redis \"%V\" lost: no reply for %M ms, reconnecting",
+                      &rd->conf->address, (ngx_msec_t) waited);
+
+    } else if (stuck) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "redis \"%V\" lost: it takes no commands, "
+                      "reconnecting", &rd->conf->address);
+
+    } else {
+        return;
+    }
+
+    rd->logged = NGX_HTTP_DIFY_REDIS_LOG_NETWORK;
+
+    ngx_http_dify_redis_drop();
 }
 
 
@@ -796,6 +1059,7 @@ ngx_http_dify_redis_cleanup(void *privdata)
     const char                 *reason;
     redisAsyncContext          *ac;
     ngx_http_dify_redis_t      *rd;
+    ngx_http_dify_redis_pt      handler;
     ngx_http_dify_redis_cmd_t  *cmd;
 
     rd = &ngx_http_dify_redis;
@@ -859,18 +1123,30 @@ ngx_http_dify_redis_cleanup(void *privdata)
      * here lost its callback to an allocation failure inside hiredis
      */
 
+    if (!ngx_queue_empty(&rd->queued)) {
+        ngx_queue_add(&rd->pending, &rd->queued);
+        ngx_queue_init(&rd->queued);
+    }
+
     while (!ngx_queue_empty(&rd->pending)) {
         q = ngx_queue_head(&rd->pending);
         cmd = ngx_queue_data(q, ngx_http_dify_redis_cmd_t, queue);
 
         ngx_queue_remove(q);
 
-        if (cmd->handler != NULL && !rd->exiting) {
-            ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
-            cmd->handler(NULL, cmd->data);
+        if (cmd->timer.timer_set) {
+            ngx_del_timer(&cmd->timer);
         }
 
-        ngx_free(cmd);
+        handler = cmd->handler;
+        cmd->handler = NULL;
+
+        if (handler != NULL && !rd->exiting) {
+            ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
+            handler(NULL, cmd->data);
+        }
+
+        ngx_http_dify_redis_free_cmd(cmd);
     }
 
     if (rd->exiting) {
@@ -906,6 +1182,65 @@ ngx_http_dify_redis_cleanup(void *privdata)
 }
 
 
+/*
+ * A command's deadline.  Called from the timers only, never from inside
+ * hiredis: the catch-up may call any handler, this command's included
+ * (its reply was there after all), and may free the context.
+ */
+
+static void
+ngx_http_dify_redis_timeout_handler(ngx_event_t *ev)
+{
+    void                       *data;
+    ngx_uint_t                  stuck;
+    ngx_http_dify_redis_t      *rd;
+    ngx_http_dify_redis_pt      handler;
+    ngx_http_dify_redis_cmd_t  *cmd;
+
+    rd = &ngx_http_dify_redis;
+    cmd = ev->data;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+                   "dify_status redis: deadline of %p, written: %d",
+                   cmd, cmd->is_written);
+
+    rd->expiring = cmd;
+
+    stuck = ngx_http_dify_redis_catch_up();
+
+    if (rd->expiring == NULL) {
+        /* called back meanwhile, with its reply or with the connection */
+        return;
+    }
+
+    rd->expiring = NULL;
+
+    if (cmd->handler == NULL || cmd->timer.timer_set) {
+        /* cancelled meanwhile, or written just now: a new deadline */
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+                   "dify_status redis: %p timed out", cmd);
+
+    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_TIMEOUTS);
+
+    /* the record stays queued until hiredis calls it back, then is freed */
+
+    handler = cmd->handler;
+    data = cmd->data;
+
+    cmd->handler = NULL;
+    cmd->data = NULL;
+
+    /* a drop is posted: no other handler is called before this one */
+
+    ngx_http_dify_redis_hung(stuck);
+
+    handler(NULL, data);
+}
+
+
 static void
 ngx_http_dify_redis_reconnect_handler(ngx_event_t *ev)
 {
@@ -929,6 +1264,14 @@ ngx_http_dify_redis_handshake_timeout(ngx_event_t *ev)
     ngx_http_dify_redis_t  *rd;
 
     rd = ev->data;
+
+    if (rd->ac == NULL || rd->connected || rd->dropping) {
+        return;
+    }
+
+    /* the answers may be in the socket, unread by a stalled worker */
+
+    (void) ngx_http_dify_redis_catch_up();
 
     if (rd->ac == NULL || rd->connected || rd->dropping) {
         return;
@@ -974,6 +1317,78 @@ ngx_http_dify_redis_drop_handler(ngx_event_t *ev)
      */
 
     redisAsyncFree(rd->ac);
+}
+
+
+static void
+ngx_http_dify_redis_free_cmd(ngx_http_dify_redis_cmd_t *cmd)
+{
+    ngx_http_dify_redis_t  *rd;
+
+    rd = &ngx_http_dify_redis;
+
+    if (cmd->timer.timer_set) {
+        ngx_del_timer(&cmd->timer);
+    }
+
+    if (rd->expiring == cmd) {
+        rd->expiring = NULL;
+    }
+
+    ngx_free(cmd);
+}
+
+
+/* a timer that fires at deadline, a time of ngx_http_dify_redis_msec() */
+
+static void
+ngx_http_dify_redis_arm(ngx_event_t *ev, ngx_msec_t deadline)
+{
+    ngx_msec_int_t  left;
+
+    /* ngx_add_timer() ignores a change of less than 300 ms */
+
+    if (ev->timer_set) {
+        ngx_del_timer(ev);
+    }
+
+    left = (ngx_msec_int_t) (deadline - ngx_current_msec);
+
+    ngx_add_timer(ev, left > 0 ? (ngx_msec_t) left : 0);
+}
+
+
+/*
+ * The clock of ngx_current_msec read afresh, as ngx_time_update() reads
+ * it (its ngx_monotonic_time() is static): CLOCK_MONOTONIC on Linux, in
+ * milliseconds.  Cheaper than ngx_time_update() on every write, and it
+ * leaves nginx's cached time, which every other module reads, alone.
+ */
+
+static ngx_msec_t
+ngx_http_dify_redis_msec(void)
+{
+#if (NGX_HAVE_CLOCK_MONOTONIC)
+
+    struct timespec  ts;
+
+#if defined(CLOCK_MONOTONIC_FAST)
+    (void) clock_gettime(CLOCK_MONOTONIC_FAST, &ts);
+#else
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+#endif
+
+    return (ngx_msec_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+
+#else
+
+    struct timeval  tv;
+
+    ngx_gettimeofday(&tv);
+
+    return (ngx_msec_t) tv.tv_sec * 1000 + tv.tv_usec / 1000;
+
+#endif
 }
 
 
