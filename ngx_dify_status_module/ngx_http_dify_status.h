@@ -22,6 +22,8 @@
 #include "dify_gcra.h"
 #include "dify_key.h"
 
+#include "ngx_http_dify_redis_conn.h"
+
 
 /* the answers of the contract, in its order */
 typedef enum {
@@ -62,17 +64,14 @@ typedef enum {
 #define NGX_HTTP_DIFY_COST_DOCUMENTS  1
 
 
+typedef struct ngx_http_dify_redis_s      ngx_http_dify_redis_t;
+typedef struct ngx_http_dify_redis_req_s  ngx_http_dify_redis_req_t;
+
+
 typedef struct {
-    ngx_str_t                  address;     /* as written, for logs */
-    ngx_str_t                  host;        /* an IP address, or empty */
-    ngx_int_t                  port;
-    ngx_str_t                  unix_path;   /* NUL-terminated, or empty */
-    ngx_int_t                  db;
-    ngx_str_t                  user;
-    ngx_str_t                  password;
-    ngx_msec_t                 timeout;
-    ngx_msec_t                 connect_timeout;
-} ngx_http_dify_redis_conf_t;
+    ngx_str_t                  text;
+    u_char                     sha1[DIFY_SHA1_HEX_LEN];
+} ngx_http_dify_redis_script_t;
 
 
 typedef struct {
@@ -81,7 +80,8 @@ typedef struct {
     size_t                     shm_size;
     ngx_shm_zone_t            *metrics_zone;
     ngx_flag_t                 limit_used;
-    u_char                     script_sha1[DIFY_SHA1_HEX_LEN];
+    ngx_http_dify_redis_script_t *script;   /* the limiter's */
+    ngx_http_dify_redis_t     *rs;          /* per worker */
 } ngx_http_dify_main_conf_t;
 
 
@@ -105,9 +105,6 @@ typedef struct {
 } ngx_http_dify_loc_conf_t;
 
 
-typedef struct ngx_http_dify_redis_cmd_s  ngx_http_dify_redis_cmd_t;
-
-
 typedef struct {
     ngx_uint_t                 outcome;             /* _OUTCOME_* */
     ngx_uint_t                 code;                /* when rejected */
@@ -123,14 +120,13 @@ typedef struct {
     dify_gcra_result_t         gcra;                /* when has_gcra */
     uint64_t                   cost;
 
-    ngx_http_dify_redis_cmd_t *cmd;                 /* a pending command */
+    ngx_http_dify_redis_req_t *cmd;                 /* a pending command */
     ngx_event_t                wait;                /* timer and resume */
     ngx_http_request_t        *request;
 
     unsigned                   waiting:1;           /* body or Redis */
     unsigned                   has_key:1;
     unsigned                   has_gcra:1;
-    unsigned                   noscript:1;          /* EVAL sent after it */
     unsigned                   sent:1;              /* verdict acted on */
     unsigned                   headers_added:1;
 } ngx_http_dify_ctx_t;
@@ -140,38 +136,33 @@ extern ngx_module_t  ngx_http_dify_status_module;
 
 
 /*
- * ngx_http_dify_status_redis.c: one connection per worker, driven by
- * the worker's event loop, shared by all requests (hiredis pipelines
- * them and keeps their callbacks in order).
- *
- * The handler is called exactly once for every command that
- * ngx_http_dify_redis_command() accepted, unless the caller cancelled
- * it first or the worker is exiting: with the reply, or with NULL when
- * the connection went away first.  The reply belongs to hiredis and
- * lives only for the call, and so does the command record: the caller
- * forgets it in the handler.  The handler may send a new command when
- * reply is not NULL.  Error replies are the caller's to count.
+ * ngx_http_dify_status_redis.c: the command layer the limiter uses, over
+ * the transport (ngx_http_dify_redis_conn.h).  The handler of a call is
+ * called exactly once for every call ngx_http_dify_redis_eval()
+ * accepted, as the transport's is (see there), unless the caller
+ * cancelled it first or the worker is exiting.  Error replies are the
+ * caller's to count; NOSCRIPT is handled here.
  */
-typedef void (*ngx_http_dify_redis_pt)(redisReply *reply, void *data);
-
 char *ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+ngx_http_dify_redis_script_t *ngx_http_dify_redis_script(ngx_conf_t *cf,
+    ngx_http_dify_redis_conf_t *rcf, const char *text);
 ngx_int_t ngx_http_dify_redis_init_process(ngx_cycle_t *cycle,
-    ngx_http_dify_redis_conf_t *rcf);
-void ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle);
+    ngx_http_dify_main_conf_t *mcf);
+void ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle,
+    ngx_http_dify_main_conf_t *mcf);
 /* 1 when the connection is established and its handshake answered */
-ngx_uint_t ngx_http_dify_redis_is_up(void);
-/* NULL when the connection is down, or on failure */
-ngx_http_dify_redis_cmd_t *ngx_http_dify_redis_command(
-    ngx_http_dify_redis_pt handler, void *data, int argc,
-    const char **argv, const size_t *argvlen);
+ngx_uint_t ngx_http_dify_redis_is_up(ngx_http_dify_redis_t *rs);
 /*
- * The caller has gone (timeout, client abort): its handler will not be
- * called.  timed_out tells the connection that a reply is overdue, so
- * that a hung Redis is detected and the connection re-established.
+ * EVALSHA script argv... (numkeys, keys, arguments); NULL when Redis is
+ * down, or on failure.  The timeout is in milliseconds.
  */
-void ngx_http_dify_redis_cancel(ngx_http_dify_redis_cmd_t *cmd,
-    ngx_uint_t timed_out);
+ngx_http_dify_redis_req_t *ngx_http_dify_redis_eval(
+    ngx_http_dify_redis_t *rs, ngx_http_dify_redis_script_t *script,
+    ngx_http_dify_redis_pt handler, void *data, ngx_msec_t timeout,
+    int argc, const char **argv, const size_t *argvlen);
+/* the caller has gone (client abort): its handler will not be called */
+void ngx_http_dify_redis_cancel(ngx_http_dify_redis_req_t *req);
 
 
 /* ngx_http_dify_status_metrics.c: counters in shared memory */

@@ -120,8 +120,8 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
       ngx_string("Attempts to connect to Redis again.") },
 
     { ngx_string("dify_status_redis_noscript_total"),
-      ngx_string("NOSCRIPT replies, after which the limiter's script "
-                 "is sent in full.") }
+      ngx_string("NOSCRIPT replies; the first of a connection sends "
+                 "the limiter's script in full.") }
 };
 
 

@@ -814,7 +814,7 @@ ngx_http_dify_send(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
 }
 
 
-/* the limiter's timer, and the event a Redis reply posts */
+/* the event the limiter posts once it has decided */
 
 static void
 ngx_http_dify_wait_handler(ngx_event_t *ev)
@@ -830,13 +830,8 @@ ngx_http_dify_wait_handler(ngx_event_t *ev)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_dify_status_module);
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
-                   "dify_status wait handler, timed out: %d", ev->timedout);
-
-    if (ev->timedout) {
-        ev->timedout = 0;
-        ngx_http_dify_limit_timeout(r, ctx);
-    }
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "dify_status wait handler");
 
     ctx->waiting = 0;
 
@@ -854,7 +849,7 @@ ngx_http_dify_cleanup(void *data)
     ngx_http_dify_ctx_t  *ctx = data;
 
     if (ctx->cmd != NULL) {
-        ngx_http_dify_redis_cancel(ctx->cmd, 0);
+        ngx_http_dify_redis_cancel(ctx->cmd);
         ctx->cmd = NULL;
     }
 
@@ -1119,16 +1114,25 @@ ngx_http_dify_init_process(ngx_cycle_t *cycle)
     mcf = ngx_http_cycle_get_module_main_conf(cycle,
                                               ngx_http_dify_status_module);
 
-    if (mcf == NULL || mcf->redis == NULL) {
+    if (mcf == NULL) {
         return NGX_OK;
     }
 
-    return ngx_http_dify_redis_init_process(cycle, mcf->redis);
+    return ngx_http_dify_redis_init_process(cycle, mcf);
 }
 
 
 static void
 ngx_http_dify_exit_process(ngx_cycle_t *cycle)
 {
-    ngx_http_dify_redis_exit_process(cycle);
+    ngx_http_dify_main_conf_t  *mcf;
+
+    mcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                              ngx_http_dify_status_module);
+
+    if (mcf == NULL) {
+        return;
+    }
+
+    ngx_http_dify_redis_exit_process(cycle, mcf);
 }
