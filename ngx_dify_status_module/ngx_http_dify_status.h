@@ -21,6 +21,7 @@
 #include "dify_body.h"
 #include "dify_gcra.h"
 #include "dify_key.h"
+#include "dify_redis.h"
 
 #include "ngx_http_dify_redis_conn.h"
 
@@ -187,6 +188,7 @@ typedef enum {
 void ngx_http_dify_metrics_inc(ngx_uint_t metric);
 void ngx_http_dify_metrics_rejected(ngx_uint_t code, ngx_uint_t status);
 void ngx_http_dify_metrics_rtt(ngx_msec_int_t usec);   /* in microseconds */
+void ngx_http_dify_metrics_redis_error(ngx_uint_t cls); /* dify_redis_err_e */
 ngx_int_t ngx_http_dify_metrics_init_conf(ngx_conf_t *cf,
     ngx_http_dify_main_conf_t *mcf);
 char *ngx_http_dify_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,

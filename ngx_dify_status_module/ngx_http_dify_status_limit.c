@@ -256,6 +256,15 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
 
     /* a NOSCRIPT here: the script could not be loaded in time */
 
+    if (rc != DIFY_REPLY_OK && reply->type == REDIS_REPLY_ERROR) {
+        /* counted and logged, once, by the command layer */
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "dify_status limit: error reply: \"%*s\"",
+                       err_len, err ? err : "");
+        ngx_http_dify_limit_fallback(r, dlcf, ctx);
+        goto resume;
+    }
+
     if (rc != DIFY_REPLY_OK) {
         ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
 

@@ -39,6 +39,7 @@ typedef struct {
                                        [NGX_HTTP_DIFY_METRICS_NSTATUS];
     ngx_atomic_t               rtt[NGX_HTTP_DIFY_METRICS_NBUCKETS];
     ngx_atomic_t               rtt_sum;             /* in microseconds */
+    ngx_atomic_t               errors[DIFY_REDIS_ERR_N];
 } ngx_http_dify_metrics_sh_t;
 
 
@@ -49,6 +50,7 @@ typedef struct {
                                        [NGX_HTTP_DIFY_METRICS_NSTATUS];
     ngx_atomic_uint_t          rtt[NGX_HTTP_DIFY_METRICS_NBUCKETS];
     ngx_atomic_uint_t          rtt_sum;             /* in microseconds */
+    ngx_atomic_uint_t          errors[DIFY_REDIS_ERR_N];
 } ngx_http_dify_metrics_snap_t;
 
 
@@ -147,6 +149,13 @@ static ngx_http_dify_metrics_fallback_t  ngx_http_dify_metrics_fallback[] = {
 };
 
 
+static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_errors_f = {
+    ngx_string("dify_status_redis_error_replies_total"),
+    ngx_string("Error replies handed to the limiter, by class (NOSCRIPT "
+               "recovered aside).")
+};
+
+
 static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_rtt_f = {
     ngx_string("dify_status_redis_rtt_seconds"),
     ngx_string("Time from sending a Redis command to its reply.")
@@ -216,6 +225,24 @@ ngx_http_dify_metrics_rejected(ngx_uint_t code, ngx_uint_t status)
     i = status - NGX_HTTP_DIFY_METRICS_STATUS_MIN;
 
     (void) ngx_atomic_fetch_add(&sh->rejected[code][i], 1);
+}
+
+
+void
+ngx_http_dify_metrics_redis_error(ngx_uint_t cls)
+{
+    ngx_http_dify_metrics_sh_t  *sh;
+
+    if (cls >= DIFY_REDIS_ERR_N) {
+        return;
+    }
+
+    sh = ngx_http_dify_metrics_shared();
+    if (sh == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&sh->errors[cls], 1);
 }
 
 
@@ -415,6 +442,10 @@ ngx_http_dify_metrics_snapshot(ngx_http_dify_metrics_sh_t *sh,
     }
 
     snap->rtt_sum = sh->rtt_sum;
+
+    for (i = 0; i < DIFY_REDIS_ERR_N; i++) {
+        snap->errors[i] = sh->errors[i];
+    }
 }
 
 
@@ -470,6 +501,16 @@ ngx_http_dify_metrics_size(ngx_http_dify_metrics_snap_t *snap)
         size += f->name.len + sizeof("{mode=\"\",result=\"\"} \n") - 1
                 + fb->mode.len + fb->result.len
                 + ngx_http_dify_metrics_len(n);
+    }
+
+    f = &ngx_http_dify_metrics_errors_f;
+
+    size += ngx_http_dify_metrics_header_size(f, "counter");
+
+    for (i = DIFY_REDIS_ERR_NONE + 1; i < DIFY_REDIS_ERR_N; i++) {
+        size += f->name.len + sizeof("{class=\"\"} \n") - 1
+                + ngx_strlen(dify_redis_error_name(i))
+                + ngx_http_dify_metrics_len(snap->errors[i]);
     }
 
     f = &ngx_http_dify_metrics_rtt_f;
@@ -542,6 +583,17 @@ ngx_http_dify_metrics_write(u_char *p, ngx_http_dify_metrics_snap_t *snap)
         p = ngx_sprintf(p, "%V{mode=\"%V\",result=\"%V\"} %uA\n",
                         &f->name, &fb->mode, &fb->result,
                         snap->counters[NGX_HTTP_DIFY_METRICS_NPLAIN + i]);
+    }
+
+    /* every class, zero or not */
+
+    f = &ngx_http_dify_metrics_errors_f;
+
+    p = ngx_http_dify_metrics_header(p, f, "counter");
+
+    for (i = DIFY_REDIS_ERR_NONE + 1; i < DIFY_REDIS_ERR_N; i++) {
+        p = ngx_sprintf(p, "%V{class=\"%s\"} %uA\n", &f->name,
+                        dify_redis_error_name(i), snap->errors[i]);
     }
 
     /*

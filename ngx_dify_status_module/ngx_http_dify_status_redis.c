@@ -25,11 +25,19 @@
 #define NGX_HTTP_DIFY_REDIS_CONNECT        200      /* in milliseconds */
 #define NGX_HTTP_DIFY_REDIS_MAX_ARGS       16
 
+/* an error class seen again after this long is logged again */
+#define NGX_HTTP_DIFY_REDIS_ERR_RELOG      60000    /* in milliseconds */
+
 
 struct ngx_http_dify_redis_s {
+    ngx_http_dify_redis_conf_t    *conf;
     ngx_http_dify_redis_conn_t    *conn;
     ngx_log_t                     *log;
     ngx_queue_t                    reqs;        /* in flight */
+
+    /* the class of the last error reply logged, and when last seen */
+    dify_redis_err_e               err;
+    ngx_msec_t                     err_seen;
 };
 
 
@@ -52,6 +60,8 @@ struct ngx_http_dify_redis_req_s {
 static ngx_int_t ngx_http_dify_redis_send(ngx_http_dify_redis_req_t *req,
     ngx_uint_t eval, ngx_msec_t timeout);
 static void ngx_http_dify_redis_reply(redisReply *reply, void *data);
+static void ngx_http_dify_redis_error(ngx_http_dify_redis_t *rs,
+    redisReply *reply);
 static ngx_int_t ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst,
     u_char *src, size_t len);
 
@@ -81,6 +91,7 @@ ngx_http_dify_redis_init_process(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
+    rs->conf = mcf->redis;
     rs->log = cycle->log;
     ngx_queue_init(&rs->reqs);
 
@@ -356,6 +367,10 @@ ngx_http_dify_redis_reply(redisReply *reply, void *data)
         }
     }
 
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        ngx_http_dify_redis_error(req->rs, reply);
+    }
+
     handler = req->handler;
     hdata = req->data;
 
@@ -363,6 +378,38 @@ ngx_http_dify_redis_reply(redisReply *reply, void *data)
     ngx_free(req);
 
     handler(reply, hdata);
+}
+
+
+/*
+ * An error reply handed to the caller: counted by class, and logged
+ * when its class differs from the last one logged (or that class was
+ * last seen a while ago), never once per request.
+ */
+
+static void
+ngx_http_dify_redis_error(ngx_http_dify_redis_t *rs, redisReply *reply)
+{
+    dify_redis_err_e  cls;
+
+    cls = dify_redis_error_class(reply->str, reply->len);
+
+    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
+    ngx_http_dify_metrics_redis_error(cls);
+
+    if (cls != rs->err
+        || ngx_current_msec - rs->err_seen > NGX_HTTP_DIFY_REDIS_ERR_RELOG)
+    {
+        ngx_log_error(NGX_LOG_ERR, rs->log, 0,
+                      "redis \"%V\" answered \"%*s\": requests take the "
+                      "fallback (logged once per class of error, \"%s\")",
+                      &rs->conf->address, (size_t) ngx_min(reply->len, 256),
+                      reply->str, dify_redis_error_name(cls));
+
+        rs->err = cls;
+    }
+
+    rs->err_seen = ngx_current_msec;
 }
 
 

@@ -37,7 +37,7 @@ my $VG = DifyTest->valgrind;
 my $SLOW = $VG ? DifyTest::slow() : 1;
 sub ms { return $_[0] * $SLOW }
 my $WORKERS = $VG ? 1 : 2;
-my $N = $VG ? 10 : 30;
+my $N = $VG ? 12 : 30;
 
 sub http_conf {
     my ($redis) = @_;
