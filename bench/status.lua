@@ -1,11 +1,13 @@
 -- wrk script for bench/run: Dify's batch-status PATCH, API keys in turn.
 --
 --   wrk ... -s bench/status.lua http://127.0.0.1:PORT -- MODE PATH KEYS NKEYS
+--           [FILE]
 --
 --   MODE   valid    PATCH {PATH}/datasets/{id}/documents/status/enable with
 --                   a 3-id body (the module lets it through, or limits it)
 --          invalid  alternately a bad action ("explode", valid body) and a
 --                   bad body (3 ids, the last not a UUID): both are 400s
+--          file     the same as valid, with the body read from FILE
 --   PATH   the path before "/datasets", e.g. "/b/v1" (selects the location)
 --   KEYS   API keys are "<KEYS><i>", i = 0 .. NKEYS-1
 --   NKEYS  how many API keys (100)
@@ -48,8 +50,16 @@ function init(args)
     local path = args[2] or "/v1"
     local keys = args[3] or "dataset-bench-"
     local nkeys = tonumber(args[4] or "100")
+    local file = args[5]
 
     local good = body(ids)
+
+    if mode == "file" then
+        local f = assert(io.open(file, "rb"))
+        good = f:read("*a")
+        f:close()
+    end
+
     local bad = body({ ids[1], ids[2], "not-a-uuid-at-all" })
     local route = path .. "/datasets/" .. dataset .. "/documents/status/"
 
@@ -59,7 +69,7 @@ function init(args)
             ["Content-Type"] = "application/json",
         }
 
-        if mode == "valid" then
+        if mode == "valid" or mode == "file" then
             requests[#requests + 1] =
                 wrk.format("PATCH", route .. "enable", headers, good)
 

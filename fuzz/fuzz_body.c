@@ -42,6 +42,8 @@ typedef struct {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void fuzz_body(const uint8_t *data, size_t size);
+static dify_body_rc_e fuzz_body_scan(json_t *v, size_t depth, size_t *values,
+    size_t max);
 static void fuzz_body_expect(json_t *root, const dify_body_conf_t *conf,
     char *expect);
 static int fuzz_is_uuid(const char *p, size_t len);
@@ -50,6 +52,9 @@ static int fuzz_action_is_valid(const uint8_t *p, size_t len);
 static void fuzz_auth(const uint8_t *data, size_t size);
 static int fuzz_py_space(uint8_t c);
 static void fuzz_media(const uint8_t *data, size_t size);
+static int fuzz_coding_is_identity(const uint8_t *data, size_t size);
+static int fuzz_strip_eq(const uint8_t *a, size_t alen, const uint8_t *b,
+    size_t blen);
 static int fuzz_media_is_json(const uint8_t *data, size_t size);
 static void fuzz_envelope(const uint8_t *data, size_t size,
     const char *code);
@@ -80,11 +85,10 @@ fuzz_body(const uint8_t *data, size_t size)
 {
     char                 expect[DIFY_BODY_MESSAGE_LEN];
     json_t              *root;
-    size_t               i, len;
+    size_t               i, len, max, values;
     uint8_t             *body;
     json_error_t         err;
-    const uint8_t       *p;
-    dify_body_rc_e       rc;
+    dify_body_rc_e       rc, scan;
     dify_body_conf_t     conf;
     dify_body_result_t   res;
 
@@ -113,16 +117,44 @@ fuzz_body(const uint8_t *data, size_t size)
         fuzz_assert(res.documents == 0);
     }
 
-    /* the reference: the same parser, and row 7 the obvious way */
+    /*
+     * The reference: the same parser, reading any value; the scan's
+     * limits from the tree it builds; and row 7 the obvious way.
+     */
 
-    p = body;
+    root = json_loadb((const char *) body, len,
+                      FUZZ_JSON_FLAGS | JSON_DECODE_ANY, &err);
 
-    if (len >= 3 && p[0] == 0xef && p[1] == 0xbb && p[2] == 0xbf) {
-        p += 3;
+    max = conf.max_documents ? conf.max_documents + 2 + DIFY_BODY_EXTRA_VALUES
+                             : SIZE_MAX;
+    values = 0;
+
+    if (len >= 3 && body[0] == 0xef && body[1] == 0xbb && body[2] == 0xbf) {
+        scan = DIFY_BODY_BAD_REQUEST;
+
+    } else if (root != NULL) {
+        scan = fuzz_body_scan(root, 0, &values, max);
+
+        if (scan == DIFY_BODY_OK && !json_is_object(root)) {
+            scan = DIFY_BODY_BAD_REQUEST;
+        }
+
+    } else {
+        /* not JSON: BAD_REQUEST, or TOO_MANY_VALUES if counted first */
+        scan = DIFY_BODY_NOMEM;
     }
 
-    root = json_loadb((const char *) p, len - (p - body), FUZZ_JSON_FLAGS,
-                      &err);
+    if (scan == DIFY_BODY_NOMEM) {
+        fuzz_assert(rc == DIFY_BODY_BAD_REQUEST
+                    || (rc == DIFY_BODY_TOO_MANY_VALUES
+                        && conf.max_documents != 0));
+
+    } else if (scan != DIFY_BODY_OK) {
+        fuzz_assert(rc == scan);
+
+    } else {
+        fuzz_assert(rc == DIFY_BODY_OK || rc == DIFY_BODY_INVALID_PARAM);
+    }
 
     switch (rc) {
 
@@ -139,7 +171,8 @@ fuzz_body(const uint8_t *data, size_t size)
         break;
 
     case DIFY_BODY_BAD_REQUEST:
-        fuzz_assert(root == NULL || !json_is_object(root));
+        fuzz_assert(root == NULL || !json_is_object(root)
+                    || scan == DIFY_BODY_BAD_REQUEST);
         fuzz_assert(res.message[0] != '\0');
 
         for (i = 0; res.message[i] != '\0'; i++) {
@@ -164,6 +197,15 @@ fuzz_body(const uint8_t *data, size_t size)
                       "invalid_param");
         break;
 
+    case DIFY_BODY_TOO_MANY_VALUES:
+        fuzz_assert(conf.max_documents != 0);
+        sprintf(expect, "Request body must not hold more than %zu JSON "
+                "values.", max);
+        fuzz_assert(strcmp(res.message, expect) == 0);
+        fuzz_envelope((const uint8_t *) res.message, strlen(res.message),
+                      "request_entity_too_large");
+        break;
+
     default:
         /* no allocation fails here */
         fuzz_assert(0);
@@ -171,6 +213,53 @@ fuzz_body(const uint8_t *data, size_t size)
 
     json_decref(root);
     free(body);
+}
+
+
+/*
+ * What the scan should find in a body jansson reads, from its tree: the
+ * values in document order (jansson keeps an object's keys in the order
+ * read), the first that opens a level past the cap or goes over the
+ * budget answers.
+ */
+
+static dify_body_rc_e
+fuzz_body_scan(json_t *v, size_t depth, size_t *values, size_t max)
+{
+    size_t           i;
+    json_t          *item;
+    const char      *key;
+    dify_body_rc_e   rc;
+
+    if ((json_is_object(v) || json_is_array(v))
+        && depth == DIFY_BODY_MAX_DEPTH)
+    {
+        return DIFY_BODY_BAD_REQUEST;
+    }
+
+    if (++*values > max) {
+        return DIFY_BODY_TOO_MANY_VALUES;
+    }
+
+    if (json_is_object(v)) {
+        json_object_foreach(v, key, item) {
+            rc = fuzz_body_scan(item, depth + 1, values, max);
+            if (rc != DIFY_BODY_OK) {
+                return rc;
+            }
+        }
+    }
+
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, item) {
+            rc = fuzz_body_scan(item, depth + 1, values, max);
+            if (rc != DIFY_BODY_OK) {
+                return rc;
+            }
+        }
+    }
+
+    return DIFY_BODY_OK;
 }
 
 
@@ -378,7 +467,20 @@ fuzz_auth(const uint8_t *data, size_t size)
 
     rc = dify_parse_authorization(size ? data : NULL, size, &token);
 
-    if (memchr(data, ' ', size) == NULL) {
+    /* gunicorn's value.strip(" \t") */
+
+    p = data;
+    last = data + size;
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    while (last > p && (last[-1] == ' ' || last[-1] == '\t')) {
+        last--;
+    }
+
+    if (p == last || memchr(p, ' ', last - p) == NULL) {
         fuzz_assert(rc == DIFY_AUTH_MISSING);
     }
 
@@ -387,10 +489,7 @@ fuzz_auth(const uint8_t *data, size_t size)
         return;
     }
 
-    /* "bearer", a whitespace run, then the token up to the end */
-
-    p = data;
-    last = data + size;
+    /* "bearer", a whitespace run, then the token up to the stripped end */
 
     while (p < last && fuzz_py_space(*p)) {
         p++;
@@ -423,6 +522,7 @@ static void
 fuzz_media(const uint8_t *data, size_t size)
 {
     size_t        half;
+    dify_media_t  m;
     dify_media_e  rc;
 
     rc = dify_check_media(data, size, NULL, 0);
@@ -437,11 +537,101 @@ fuzz_media(const uint8_t *data, size_t size)
         fuzz_assert(rc == DIFY_MEDIA_NOT_JSON);
 
     } else {
-        fuzz_assert(rc == DIFY_MEDIA_OK || rc == DIFY_MEDIA_ENCODED);
+        fuzz_assert(rc == (fuzz_coding_is_identity(data + half, size - half)
+                           ? DIFY_MEDIA_OK : DIFY_MEDIA_ENCODED));
     }
 
     rc = dify_check_media(NULL, 0, data, size);
     fuzz_assert(rc == DIFY_MEDIA_MISSING);
+
+    /* the input twice, then its halves: one Content-Type, then two */
+
+    dify_media_init(&m);
+    dify_media_type(&m, data, size);
+    dify_media_type(&m, data, size);
+    fuzz_assert(dify_media_verdict(&m)
+                == (fuzz_media_is_json(data, size) ? DIFY_MEDIA_OK
+                                                   : DIFY_MEDIA_NOT_JSON));
+
+    dify_media_init(&m);
+    dify_media_type(&m, data, half);
+    dify_media_type(&m, data + half, size - half);
+    rc = dify_media_verdict(&m);
+
+    if (fuzz_strip_eq(data, half, data + half, size - half)) {
+        fuzz_assert(rc == (fuzz_media_is_json(data, half)
+                           ? DIFY_MEDIA_OK : DIFY_MEDIA_NOT_JSON));
+
+    } else {
+        fuzz_assert(rc == DIFY_MEDIA_CONFLICT);
+    }
+}
+
+
+/* each element of the comma list, SP and HTAB stripped: "" or identity */
+
+static int
+fuzz_coding_is_identity(const uint8_t *data, size_t size)
+{
+    size_t          i, b, e;
+    const uint8_t  *p;
+
+    b = 0;
+
+    for (i = 0; i <= size; i++) {
+        if (i < size && data[i] != ',') {
+            continue;
+        }
+
+        p = data + b;
+        e = i - b;
+
+        while (e > 0 && (*p == ' ' || *p == '\t')) {
+            p++;
+            e--;
+        }
+
+        while (e > 0 && (p[e - 1] == ' ' || p[e - 1] == '\t')) {
+            e--;
+        }
+
+        if (e != 0 && (e != 8 || strncasecmp((const char *) p, "identity", 8)
+                                 != 0))
+        {
+            return 0;
+        }
+
+        b = i + 1;
+    }
+
+    return 1;
+}
+
+
+/* equal once gunicorn has stripped SP and HTAB from both ends */
+
+static int
+fuzz_strip_eq(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
+{
+    while (alen > 0 && (*a == ' ' || *a == '\t')) {
+        a++;
+        alen--;
+    }
+
+    while (alen > 0 && (a[alen - 1] == ' ' || a[alen - 1] == '\t')) {
+        alen--;
+    }
+
+    while (blen > 0 && (*b == ' ' || *b == '\t')) {
+        b++;
+        blen--;
+    }
+
+    while (blen > 0 && (b[blen - 1] == ' ' || b[blen - 1] == '\t')) {
+        blen--;
+    }
+
+    return alen == blen && (alen == 0 || memcmp(a, b, alen) == 0);
 }
 
 

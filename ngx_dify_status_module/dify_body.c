@@ -1,8 +1,8 @@
 /*
  * Copyright (C) The ngx_dify_status_module authors
  *
- * Validation of the batch-status JSON body with jansson.
- * Pure logic: no nginx header is included here.
+ * Validation of the batch-status JSON body: a scan of its bytes, then
+ * jansson.  Pure logic: no nginx header is included here.
  */
 
 
@@ -35,6 +35,8 @@ typedef struct {
 } dify_body_id_t;
 
 
+static dify_body_rc_e dify_body_scan(const unsigned char *p,
+    const unsigned char *last, size_t max, dify_body_result_t *res);
 static dify_body_rc_e dify_body_ids(json_t *ids,
     const dify_body_conf_t *conf, dify_body_result_t *res);
 static dify_body_rc_e dify_body_duplicates(json_t *ids, size_t n, int any,
@@ -49,6 +51,7 @@ dify_body_rc_e
 dify_body_validate(const unsigned char *data, size_t len,
     const dify_body_conf_t *conf, dify_body_result_t *res)
 {
+    size_t           max;
     json_t          *root, *ids;
     json_error_t     err;
     dify_body_rc_e   rc;
@@ -66,11 +69,27 @@ dify_body_validate(const unsigned char *data, size_t len,
         return DIFY_BODY_BAD_REQUEST;
     }
 
-    /* a UTF-8 byte order mark: json.loads() of bytes skips it */
+    /* orjson refuses a UTF-8 byte order mark (json.loads() would skip it) */
 
     if (len >= 3 && data[0] == 0xef && data[1] == 0xbb && data[2] == 0xbf) {
-        data += 3;
-        len -= 3;
+        dify_body_error(res, "a UTF-8 byte order mark");
+        return DIFY_BODY_BAD_REQUEST;
+    }
+
+    /* the values jansson would build: the root, the array, the ids, more */
+
+    max = conf->max_documents;
+
+    if (max == 0 || max > SIZE_MAX - 2 - DIFY_BODY_EXTRA_VALUES) {
+        max = SIZE_MAX;
+
+    } else {
+        max += 2 + DIFY_BODY_EXTRA_VALUES;
+    }
+
+    rc = dify_body_scan(data, data + len, max, res);
+    if (rc != DIFY_BODY_OK) {
+        return rc;
     }
 
     root = json_loadb((const char *) data, len, DIFY_BODY_JSON_FLAGS, &err);
@@ -113,6 +132,132 @@ dify_body_validate(const unsigned char *data, size_t len,
     json_decref(root);
 
     return rc;
+}
+
+
+/*
+ * Nesting and values, in one pass, without building anything.  Exact
+ * for valid JSON; over anything else it still counts every value the
+ * parser could build before it stops, so that it bounds jansson's work.
+ * A string is a key when it opens an object's member; every other
+ * string, number, literal, object and array is a value.
+ */
+
+static dify_body_rc_e
+dify_body_scan(const unsigned char *p, const unsigned char *last, size_t max,
+    dify_body_result_t *res)
+{
+    size_t         depth, values;
+    uint64_t       objects;         /* bit n: level n + 1 is an object */
+    unsigned       key;             /* a string here is a key */
+    unsigned char  c;
+
+    depth = 0;
+    values = 0;
+    objects = 0;
+    key = 0;
+
+    while (p < last) {
+
+        c = *p++;
+
+        switch (c) {
+
+        case ' ':
+        case '\t':
+        case '\n':
+        case '\r':
+            continue;
+
+        case '"':
+            while (p < last) {
+                c = *p++;
+
+                if (c == '"') {
+                    break;
+                }
+
+                if (c == '\\' && p < last) {
+                    p++;
+                }
+            }
+
+            if (key) {
+                key = 0;
+                continue;
+            }
+
+            break;
+
+        case '{':
+        case '[':
+            if (depth == DIFY_BODY_MAX_DEPTH) {
+                snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
+                         "nested deeper than %d levels", DIFY_BODY_MAX_DEPTH);
+                return DIFY_BODY_BAD_REQUEST;
+            }
+
+            if (c == '{') {
+                objects |= (uint64_t) 1 << depth;
+                key = 1;
+
+            } else {
+                objects &= ~((uint64_t) 1 << depth);
+                key = 0;
+            }
+
+            depth++;
+            break;
+
+        case '}':
+        case ']':
+            if (depth > 0) {
+                depth--;
+            }
+
+            key = 0;
+            continue;
+
+        case ',':
+            key = depth > 0 && ((objects >> (depth - 1)) & 1);
+            continue;
+
+        case ':':
+            key = 0;
+            continue;
+
+        default:
+
+            /* a number, a literal, or garbage: up to the next delimiter */
+
+            while (p < last) {
+                c = *p;
+
+                if (c == ' ' || c == '\t' || c == '\n' || c == '\r'
+                    || c == '"' || c == ',' || c == ':' || c == '{'
+                    || c == '}' || c == '[' || c == ']')
+                {
+                    break;
+                }
+
+                p++;
+            }
+
+            key = 0;
+            break;
+        }
+
+        /* a value starts here */
+
+        if (++values > max) {
+            snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
+                     "Request body must not hold more than %zu JSON values.",
+                     max);
+            return DIFY_BODY_TOO_MANY_VALUES;
+        }
+    }
+
+    return DIFY_BODY_OK;
 }
 
 

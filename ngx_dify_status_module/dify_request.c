@@ -15,6 +15,8 @@
 
 
 static unsigned char dify_hex_value(unsigned char c);
+static void dify_strip_ows(const unsigned char **p,
+    const unsigned char **last);
 static int dify_segment_is(const unsigned char *p, size_t len,
     const char *name, size_t name_len);
 static int dify_media_is_json(const unsigned char *p, size_t len);
@@ -214,13 +216,21 @@ dify_parse_authorization(const unsigned char *p, size_t len,
     token->len = 0;
     token->data = NULL;
 
-    /* "if auth_header is None or " " not in auth_header" */
-
-    if (p == NULL || len == 0 || memchr(p, ' ', len) == NULL) {
+    if (p == NULL) {
         return DIFY_AUTH_MISSING;
     }
 
     last = p + len;
+
+    /* gunicorn's value.strip(" \t") */
+
+    dify_strip_ows(&p, &last);
+
+    /* "if auth_header is None or " " not in auth_header", once stripped */
+
+    if (memchr(p, ' ', last - p) == NULL) {
+        return DIFY_AUTH_MISSING;
+    }
 
     /* auth_header.split(None, 1) */
 
@@ -256,7 +266,10 @@ dify_parse_authorization(const unsigned char *p, size_t len,
         return DIFY_AUTH_SCHEME;
     }
 
-    /* the rest, trailing whitespace included */
+    /*
+     * the rest up to the end of the stripped value: whitespace other
+     * than SP and HTAB at its end stays in the token, as in Python
+     */
 
     token->data = p;
     token->len = last - p;
@@ -265,24 +278,108 @@ dify_parse_authorization(const unsigned char *p, size_t len,
 }
 
 
+void
+dify_media_init(dify_media_t *m)
+{
+    m->type.len = 0;
+    m->type.data = NULL;
+    m->has_type = 0;
+    m->conflict = 0;
+    m->encoded = 0;
+}
+
+
+void
+dify_media_type(dify_media_t *m, const unsigned char *p, size_t len)
+{
+    const unsigned char  *last;
+
+    if (len == 0) {
+        p = (const unsigned char *) "";
+    }
+
+    /* gunicorn's value.strip(" \t") */
+
+    last = p + len;
+
+    dify_strip_ows(&p, &last);
+
+    len = last - p;
+
+    if (m->has_type
+        && (len != m->type.len || memcmp(p, m->type.data, len) != 0))
+    {
+        m->conflict = 1;
+    }
+
+    /* environ["CONTENT_TYPE"]: the last one wins */
+
+    m->type.data = p;
+    m->type.len = len;
+    m->has_type = 1;
+}
+
+
+void
+dify_media_encoding(dify_media_t *m, const unsigned char *p, size_t len)
+{
+    const unsigned char  *last, *end, *next;
+
+    /*
+     * #( content-coding ): elements separated by ",", each with optional
+     * SP and HTAB around it; empty elements are allowed
+     */
+
+    if (len == 0) {
+        return;
+    }
+
+    last = p + len;
+
+    for ( ;; ) {
+
+        next = memchr(p, ',', last - p);
+        end = (next != NULL) ? next : last;
+
+        dify_strip_ows(&p, &end);
+
+        if (end != p
+            && (end - p != 8 || !dify_ascii_caseeq(p, "identity", 8)))
+        {
+            m->encoded = 1;
+            return;
+        }
+
+        if (next == NULL) {
+            return;
+        }
+
+        p = next + 1;
+    }
+}
+
+
 dify_media_e
-dify_check_media(const unsigned char *ct, size_t ct_len,
-    const unsigned char *ce, size_t ce_len)
+dify_media_verdict(const dify_media_t *m)
 {
     size_t                len;
     const unsigned char  *p, *last;
 
-    if (ct == NULL) {
+    if (!m->has_type) {
         return DIFY_MEDIA_MISSING;
+    }
+
+    if (m->conflict) {
+        return DIFY_MEDIA_CONFLICT;
     }
 
     /* mimetype: value.partition(";")[0].strip().lower() */
 
-    p = ct;
-    last = memchr(ct, ';', ct_len);
+    p = m->type.data;
+    last = memchr(p, ';', m->type.len);
 
     if (last == NULL) {
-        last = ct + ct_len;
+        last = p + m->type.len;
     }
 
     while (p < last && dify_py_space[*p]) {
@@ -299,30 +396,31 @@ dify_check_media(const unsigned char *ct, size_t ct_len,
         return DIFY_MEDIA_NOT_JSON;
     }
 
-    if (ce == NULL) {
-        return DIFY_MEDIA_OK;
+    if (m->encoded) {
+        return DIFY_MEDIA_ENCODED;
     }
 
-    /* content-codings are case-insensitive tokens; OWS is SP and HTAB */
+    return DIFY_MEDIA_OK;
+}
 
-    p = ce;
-    last = ce + ce_len;
 
-    while (p < last && (*p == ' ' || *p == '\t')) {
-        p++;
+dify_media_e
+dify_check_media(const unsigned char *ct, size_t ct_len,
+    const unsigned char *ce, size_t ce_len)
+{
+    dify_media_t  m;
+
+    dify_media_init(&m);
+
+    if (ct != NULL) {
+        dify_media_type(&m, ct, ct_len);
     }
 
-    while (last > p && (last[-1] == ' ' || last[-1] == '\t')) {
-        last--;
+    if (ce != NULL) {
+        dify_media_encoding(&m, ce, ce_len);
     }
 
-    len = last - p;
-
-    if (len == 0 || (len == 8 && dify_ascii_caseeq(p, "identity", 8))) {
-        return DIFY_MEDIA_OK;
-    }
-
-    return DIFY_MEDIA_ENCODED;
+    return dify_media_verdict(&m);
 }
 
 
@@ -368,6 +466,21 @@ dify_json_envelope(unsigned char *buf, size_t size, int status,
     }
 
     return p - buf;
+}
+
+
+/* SP and HTAB off both ends: gunicorn's value.strip(" \t"), HTTP's OWS */
+
+static void
+dify_strip_ows(const unsigned char **p, const unsigned char **last)
+{
+    while (*p < *last && (**p == ' ' || **p == '\t')) {
+        (*p)++;
+    }
+
+    while (*last > *p && ((*last)[-1] == ' ' || (*last)[-1] == '\t')) {
+        (*last)--;
+    }
 }
 
 

@@ -92,6 +92,7 @@ typedef struct {
     ngx_uint_t                 max_documents;
     ngx_uint_t                 document_ids;        /* 0 uuid, 1 any */
     ngx_uint_t                 duplicate_ids;       /* 0 allow, 1 reject */
+    ngx_str_t                  token_prefix;        /* empty: off */
 
     ngx_flag_t                 limit_set;
     dify_gcra_limit_t          limit;

@@ -26,6 +26,8 @@
     "Authorization header must be provided and start with 'Bearer'"
 #define NGX_HTTP_DIFY_MSG_AUTH_SCHEME                                        \
     "Authorization scheme must be 'Bearer'"
+#define NGX_HTTP_DIFY_MSG_AUTH_INVALID                                       \
+    "Access token is invalid"
 #define NGX_HTTP_DIFY_MSG_BAD_REQUEST                                        \
     "Invalid JSON payload received or JSON payload is empty."
 
@@ -34,6 +36,8 @@ static ngx_int_t ngx_http_dify_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dify_check_headers(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
     dify_str_t *dataset_id, dify_str_t *action);
+static void ngx_http_dify_media_headers(ngx_http_request_t *r,
+    dify_media_t *m);
 static void ngx_http_dify_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_dify_check_body(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx);
@@ -54,6 +58,8 @@ static char *ngx_http_dify_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_dify_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_dify_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static char *ngx_http_dify_token_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_dify_init_process(ngx_cycle_t *cycle);
 static void ngx_http_dify_exit_process(ngx_cycle_t *cycle);
 
@@ -144,6 +150,13 @@ static ngx_command_t  ngx_http_dify_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_dify_loc_conf_t, duplicate_ids),
       &ngx_http_dify_duplicate_ids },
+
+    { ngx_string("dify_status_token_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dify_token_prefix,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
 
     { ngx_string("dify_status_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
@@ -372,11 +385,11 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
     dify_str_t *dataset_id, dify_str_t *action)
 {
-    size_t             len, ct_len, ce_len;
-    u_char            *p, *ct, *ce;
+    size_t             len;
+    u_char            *p;
     dify_str_t         token;
     dify_auth_e        auth;
-    dify_media_e       media;
+    dify_media_t       m;
     ngx_table_elt_t   *h;
     u_char             msg[DIFY_BODY_MESSAGE_LEN];
 
@@ -405,6 +418,22 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
+    /*
+     * a token that cannot be a key of this deployment: Dify's own answer
+     * to an unknown key, with no Redis call and no quota
+     */
+
+    if (dlcf->token_prefix.len
+        && (token.len < dlcf->token_prefix.len
+            || ngx_memcmp(token.data, dlcf->token_prefix.data,
+                          dlcf->token_prefix.len) != 0))
+    {
+        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_UNAUTHORIZED,
+                             NGX_HTTP_UNAUTHORIZED,
+                             NGX_HTTP_DIFY_MSG_AUTH_INVALID, 0);
+        return NGX_DECLINED;
+    }
+
     /* the raw key goes no further than this hash */
 
     if (dify_key_hash(token.data, token.len, (char *) ctx->key_hash) != 0) {
@@ -422,23 +451,9 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    h = r->headers_in.content_type;
-    ct = h ? h->value.data : NULL;
-    ct_len = h ? h->value.len : 0;
+    ngx_http_dify_media_headers(r, &m);
 
-    ce = NULL;
-    ce_len = 0;
-
-    h = ngx_http_dify_find_header(r, "Content-Encoding");
-
-    if (h != NULL) {
-        ce = h->value.data;
-        ce_len = h->value.len;
-    }
-
-    media = dify_check_media(ct, ct_len, ce, ce_len);
-
-    switch (media) {
+    switch (dify_media_verdict(&m)) {
 
     case DIFY_MEDIA_OK:
         break;
@@ -448,6 +463,13 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
                              NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
                              "Content-Type must be application/json; "
                              "the request has none.", 0);
+        return NGX_DECLINED;
+
+    case DIFY_MEDIA_CONFLICT:
+        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_UNSUPPORTED_MEDIA,
+                             NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                             "Content-Type must be sent once; the request "
+                             "has several that differ.", 0);
         return NGX_DECLINED;
 
     case DIFY_MEDIA_NOT_JSON:
@@ -477,6 +499,54 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Every Content-Type and Content-Encoding header, in the order received,
+ * as proxy_pass forwards them all: nginx's headers_in.content_type is the
+ * first Content-Type, gunicorn keeps the last.
+ */
+
+static void
+ngx_http_dify_media_headers(ngx_http_request_t *r, dify_media_t *m)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    dify_media_init(m);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("Content-Type") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Content-Type",
+                               sizeof("Content-Type") - 1) == 0)
+        {
+            dify_media_type(m, h[i].value.data, h[i].value.len);
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("Content-Encoding") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Content-Encoding",
+                               sizeof("Content-Encoding") - 1) == 0)
+        {
+            dify_media_encoding(m, h[i].value.data, h[i].value.len);
+        }
+    }
 }
 
 
@@ -566,6 +636,13 @@ ngx_http_dify_check_body(ngx_http_request_t *r,
     case DIFY_BODY_INVALID_PARAM:
         ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_INVALID_PARAM,
                              NGX_HTTP_BAD_REQUEST, res.message, 0);
+        return NGX_DECLINED;
+
+    case DIFY_BODY_TOO_MANY_VALUES:
+        /* row 5: too large to parse, counted before anything is built */
+        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_TOO_LARGE,
+                             NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                             res.message, 0);
         return NGX_DECLINED;
 
     default: /* DIFY_BODY_NOMEM */
@@ -1048,6 +1125,7 @@ ngx_http_dify_create_loc_conf(ngx_conf_t *cf)
      *
      *     conf->limit = { 0, 0, 0 };
      *     conf->prefix = { 0, NULL };
+     *     conf->token_prefix = { 0, NULL };
      */
 
     conf->enable = NGX_CONF_UNSET;
@@ -1075,12 +1153,13 @@ ngx_http_dify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
-                              1024 * 1024);
+                              64 * 1024);
     ngx_conf_merge_uint_value(conf->max_documents, prev->max_documents, 1000);
     ngx_conf_merge_uint_value(conf->document_ids, prev->document_ids,
                               NGX_HTTP_DIFY_IDS_UUID);
     ngx_conf_merge_uint_value(conf->duplicate_ids, prev->duplicate_ids,
                               NGX_HTTP_DIFY_DUPLICATES_ALLOW);
+    ngx_conf_merge_str_value(conf->token_prefix, prev->token_prefix, "");
 
     if (conf->limit_set == NGX_CONF_UNSET) {
         conf->limit_set = prev->limit_set;
@@ -1101,6 +1180,38 @@ ngx_http_dify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_str_value(conf->prefix, prev->prefix, "dify:status:");
 
     conf->prefix_crc = ngx_crc32_short(conf->prefix.data, conf->prefix.len);
+
+    return NGX_CONF_OK;
+}
+
+
+/* dify_status_token_prefix string | off */
+
+static char *
+ngx_http_dify_token_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dify_loc_conf_t *dlcf = conf;
+
+    ngx_str_t  *value;
+
+    if (dlcf->token_prefix.data != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        ngx_str_set(&dlcf->token_prefix, "");
+        return NGX_CONF_OK;
+    }
+
+    dlcf->token_prefix = value[1];
 
     return NGX_CONF_OK;
 }

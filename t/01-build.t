@@ -82,6 +82,7 @@ my %valid = (
     dify_status_max_documents => [ '1000', '0', '1', '100000' ],
     dify_status_document_ids  => [ 'uuid', 'any' ],
     dify_status_duplicate_ids => [ 'allow', 'reject' ],
+    dify_status_token_prefix  => [ 'dataset-', 'app-', 'off' ],
 );
 
 for my $d (sort keys %valid) {
@@ -142,6 +143,10 @@ my @invalid = (
     [ 'dify_status_duplicate_ids deny;', qr/"deny"|dify_status_duplicate_ids/ ],
     [ 'dify_status_duplicate_ids yes;',  qr/"yes"|dify_status_duplicate_ids/ ],
     [ 'dify_status_duplicate_ids;',      qr/"dify_status_duplicate_ids"/ ],
+
+    [ 'dify_status_token_prefix "";',    qr/invalid value ""/ ],
+    [ 'dify_status_token_prefix;',       qr/"dify_status_token_prefix"/ ],
+    [ 'dify_status_token_prefix a b;',   qr/"dify_status_token_prefix"/ ],
 );
 
 for my $case (@invalid) {
@@ -152,7 +157,7 @@ for my $case (@invalid) {
 # only where documented: not in the main context
 for my $d ('dify_status on;', 'dify_status_max_body_size 1m;',
            'dify_status_max_documents 10;', 'dify_status_document_ids any;',
-           'dify_status_duplicate_ids reject;')
+           'dify_status_duplicate_ids reject;', 'dify_status_token_prefix x;')
 {
     conf_fails("$d in the main context fails", qr/not allowed here/,
         at('main', $d));
@@ -163,7 +168,8 @@ for my $d ([ 'dify_status', 'on', 'off' ],
            [ 'dify_status_max_body_size', '1k', '2k' ],
            [ 'dify_status_max_documents', '1', '2' ],
            [ 'dify_status_document_ids', 'uuid', 'any' ],
-           [ 'dify_status_duplicate_ids', 'allow', 'reject' ])
+           [ 'dify_status_duplicate_ids', 'allow', 'reject' ],
+           [ 'dify_status_token_prefix', 'dataset-', 'off' ])
 {
     my ($n, $a, $b) = @$d;
     conf_fails("$n twice in one location fails", qr/"$n" directive is duplicate/,

@@ -3,7 +3,9 @@
 # How the body arrives and what runs around the check: bodies in temporary
 # files, chunked bodies, HTTP/2, Expect: 100-continue, keep-alive after a
 # rejection, proxy_request_buffering off, satisfy any, auth_request,
-# error_page / try_files internal redirects (checked once), aborted clients.
+# error_page / try_files internal redirects (checked once), aborted clients;
+# what orjson refuses (a byte order mark) and what the gateway's scan refuses
+# before parsing (nesting past 64, more values than the budget).
 
 use strict;
 use warnings;
@@ -111,6 +113,17 @@ $t->start_nginx(server => q{
         location @strict {
             dify_status on;
             dify_status_max_documents 1;
+            proxy_pass http://upstream;
+        }
+        location /nocap/v1 {
+            dify_status on;
+            dify_status_max_documents 0;
+            dify_status_max_body_size 1m;
+            proxy_pass http://upstream;
+        }
+        location /few/v1 {
+            dify_status on;
+            dify_status_max_documents 3;
             proxy_pass http://upstream;
         }
 });
@@ -566,6 +579,106 @@ for my $loc ('/nobuf/v1', '/nobuf10/v1') {
         'the upstream got exactly the valid ones';
     is_deeply \%got, \%want, '... byte for byte';
     $t->upstream_clear;
+}
+
+
+# --- as Dify's parser reads it, at a bounded cost ------------------------------
+
+# $n JSON values in all: the root, document_ids and its 3 ids, x and the rest
+sub values_body {
+    my ($n, $v) = @_;
+    $v //= '0';
+    my $k = $n - 6;
+    return qq({"document_ids": ["$U[0]", "$U[1]", "$U[2]"], "x": [)
+        . join(',', ($v) x $k) . ']}';
+}
+
+# x nested so that the body is $depth levels deep, the root's included
+sub nested_body {
+    my ($depth) = @_;
+    my $k = $depth - 1;
+    return qq({"document_ids": ["$U[0]"], "x": ) . ('[' x $k) . (']' x $k)
+        . '}';
+}
+
+{
+    my $v1 = route($DS, 'enable');
+    my $BOM = "\xEF\xBB\xBF";
+
+    # orjson refuses a UTF-8 byte order mark, so Dify would answer 400
+    # itself, after its auth and dataset queries, with the key charged
+    $t->reject_ok(patch($v1, $BOM . $GOOD), 400, 'bad_request', $BADJSON,
+        'a body after a UTF-8 BOM -> 400 bad_request, as orjson refuses it');
+    $t->reject_ok(patch($v1, $BOM . $GOOD, chunked => [ 1, 2, 50 ]), 400,
+        'bad_request', $BADJSON, 'the same, chunked, the BOM split');
+    $t->reject_ok(patch(route($DS, 'enable', '/small/v1'), $BOM . $BIG), 400,
+        'bad_request', $BADJSON, 'the same, a big body in a temp file');
+    my $r = $t->h2('PATCH', $v1, headers => { Authorization => $KEY, @JSON },
+        body => $BOM . $GOOD);
+    $t->reject_ok($r, 400, 'bad_request', $BADJSON, 'the same over HTTP/2');
+    pass_patch($v1, qq({"document_ids": ["$U[0]"], "s": "$BOM"}),
+        'U+FEFF inside a string passes');
+
+    # nesting: 64 levels pass, 65 do not (a batch body has 2)
+    pass_patch($v1, nested_body(64), 'a body 64 levels deep passes');
+    $t->reject_ok(patch($v1, nested_body(65)), 400, 'bad_request', $BADJSON,
+        'a body 65 levels deep -> 400 bad_request');
+    $t->reject_ok(patch($v1, nested_body(1500)), 400, 'bad_request',
+        $BADJSON, 'a body 1500 levels deep (Dify: a 500) -> 400 bad_request');
+    $t->reject_ok(patch(route($DS, 'enable', '/nocap/v1'), nested_body(65)),
+        400, 'bad_request', $BADJSON,
+        'dify_status_max_documents 0: the depth cap still holds');
+
+    # values: max_documents + 2 + 64, counted before anything is parsed
+    my $over = 'Request body must not hold more than 1066 JSON values.';
+    pass_patch($v1, values_body(1066), '1066 JSON values pass by default');
+    pass_patch($v1, values_body(1066, '{}'),
+        '1066 JSON values pass by default (objects)');
+    $t->reject_ok(patch($v1, values_body(1067)), 413,
+        'request_entity_too_large', $over,
+        '1067 JSON values -> 413 request_entity_too_large');
+    $t->reject_ok(patch($v1, values_body(1067, '{}'), chunked => [ 100, 900 ]),
+        413, 'request_entity_too_large', $over, 'the same, chunked, objects');
+    $t->reject_ok(patch(route($DS, 'enable', '/small/v1'),
+            values_body(20000, '{}')), 413, 'request_entity_too_large',
+        $over, 'the same, 20000 values in a temp file');
+    $r = $t->h2('PATCH', $v1, headers => { Authorization => $KEY, @JSON },
+        body => values_body(5000), no_length => 1);
+    $t->reject_ok($r, 413, 'request_entity_too_large', $over,
+        'the same over HTTP/2');
+    $t->reject_ok(patch($v1, values_body(1067) . ' not JSON'), 413,
+        'request_entity_too_large', $over,
+        'counted before the JSON is judged (row 5 before row 6)');
+    $t->reject_ok(patch($v1, ids_body(@U[0 .. 1000])), 400, 'invalid_param',
+        'document_ids must not contain more than 1000 items.',
+        '1001 ids are within the budget: row 7 answers');
+    $t->reject_ok(patch($v1, ids_body(@U[0 .. 1064])), 413,
+        'request_entity_too_large', $over,
+        '1065 ids (1067 values) -> 413');
+    $t->reject_ok(patch(route($DS, 'enable', '/few/v1'), values_body(70)),
+        413, 'request_entity_too_large',
+        'Request body must not hold more than 69 JSON values.',
+        'dify_status_max_documents 3: 69 values at most');
+    pass_patch(route($DS, 'enable', '/few/v1'), values_body(69),
+        'dify_status_max_documents 3: 69 values pass');
+    pass_patch(route($DS, 'enable', '/nocap/v1'), values_body(20000),
+        'dify_status_max_documents 0: no budget');
+
+    # the default size fits 1000 ids pretty-printed
+    my $pretty = "{\n    \"document_ids\": [\n"
+        . join(",\n", map { qq(        "$_") } @U[0 .. 999]) . "\n    ]\n}\n";
+    ok length($pretty) > 45_000 && length($pretty) < 65_536,
+        '1000 pretty-printed ids: ' . length($pretty) . ' bytes';
+    pass_patch($v1, $pretty, '1000 pretty-printed ids pass at the defaults');
+
+    # the body of issue 8: 1 MiB of {}, padding
+    my $pad = qq({"document_ids": ["$U[0]"], "x": [)
+        . join(',', ('{}') x 349_000) . ']}';
+    $t->reject_ok(patch($v1, substr($pad, 0, 60_000) . ']}'), 413,
+        'request_entity_too_large', $over,
+        '60 KB of {} padding -> 413 from the value budget');
+    $t->reject_ok(patch($v1, $pad), 413, 'request_entity_too_large',
+        qr/\b65536 bytes\b/, '1 MiB of {} padding -> 413 from the size cap');
 }
 
 

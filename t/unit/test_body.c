@@ -28,6 +28,8 @@
 #define NOT_STRING_MSG(i)  "document_ids[" #i "] must be a string."
 #define NOT_ARRAY_MSG  "document_ids must be an array of strings."
 #define REQUIRED_MSG  "document_ids is required."
+#define BOM_MSG  "a UTF-8 byte order mark"
+#define DEEP_MSG  "nested deeper than 64 levels"
 
 
 /* the defaults of the module's directives */
@@ -81,6 +83,11 @@ validate(const char *body, size_t len, const dify_body_conf_t *conf,
         assert_memory_equal(res->message, "document_ids", 12);
     }
 
+    if (rc == DIFY_BODY_TOO_MANY_VALUES) {
+        /* for the client */
+        assert_memory_equal(res->message, "Request body must not hold ", 27);
+    }
+
     return rc;
 }
 
@@ -132,9 +139,28 @@ body_param(const char *body, size_t len, const dify_body_conf_t *conf,
 }
 
 
+/* BAD_REQUEST, for this reason (in the log) */
+
+static void
+body_because(const char *body, size_t len, const dify_body_conf_t *conf,
+    const char *message)
+{
+    dify_body_rc_e      rc;
+    dify_body_result_t  res;
+
+    rc = validate(body, len, conf, &res);
+
+    if (rc != DIFY_BODY_BAD_REQUEST || strcmp(res.message, message) != 0) {
+        fail_msg("%.*s: rc %d, \"%s\", expected \"%s\"", (int) len, body, rc,
+                 res.message, message);
+    }
+}
+
+
 /* the body is a literal, NUL bytes in it included */
 #define OK(c, b, n)     body_ok(b, sizeof(b) - 1, &c, n)
 #define BAD(c, b)       body_bad(b, sizeof(b) - 1, &c)
+#define BOM(c, b)       body_because(b, sizeof(b) - 1, &c, BOM_MSG)
 #define PARAM(c, b, m)  body_param(b, sizeof(b) - 1, &c, m)
 
 
@@ -336,17 +362,24 @@ test_bom(void **state)
 {
     (void) state;
 
-    /* json.loads() of bytes skips one UTF-8 byte order mark */
-    OK(conf_uuid, "\xef\xbb\xbf{\"document_ids\": [\"" U1 "\"]}", 1);
-    OK(conf_uuid, "\xef\xbb\xbf {\"document_ids\": []}", 0);
+    /* orjson refuses a UTF-8 byte order mark (json.loads() skips one) */
+    BOM(conf_uuid, "\xef\xbb\xbf{\"document_ids\": [\"" U1 "\"]}");
+    BOM(conf_uuid, "\xef\xbb\xbf {\"document_ids\": []}");
+    BOM(conf_any_nocap, "\xef\xbb\xbf{\"document_ids\": []}");
 
-    BAD(conf_uuid, "\xef\xbb\xbf");
-    BAD(conf_uuid, "\xef\xbb\xbf ");
+    BOM(conf_uuid, "\xef\xbb\xbf");
+    BOM(conf_uuid, "\xef\xbb\xbf ");
     BAD(conf_uuid, "\xef\xbb");
-    BAD(conf_uuid, "\xef\xbb\xbf\xef\xbb\xbf{\"document_ids\": []}");
+    BOM(conf_uuid, "\xef\xbb\xbf\xef\xbb\xbf{\"document_ids\": []}");
     BAD(conf_uuid, " \xef\xbb\xbf{\"document_ids\": []}");
     BAD(conf_uuid, "{\"document_ids\": []}\xef\xbb\xbf");
-    BAD(conf_uuid, "\xef\xbb\xbf[]");
+    BAD(conf_uuid, "{\xef\xbb\xbf\"document_ids\": []}");
+    BOM(conf_uuid, "\xef\xbb\xbf[]");
+
+    /* U+FEFF inside a string is a character like any other */
+    OK(conf_uuid, "{\"document_ids\": [], \"s\": \"\xef\xbb\xbf\"}", 0);
+    OK(conf_uuid, "{\"document_ids\": [], \"s\": \"\\ufeff\"}", 0);
+    PARAM(conf_uuid, "{\"\xef\xbb\xbf" "document_ids\": []}", REQUIRED_MSG);
 }
 
 
@@ -401,45 +434,335 @@ test_numbers(void **state)
 }
 
 
+/* head, n times item (sep between), tail */
+
+static char *
+repeat(const char *head, size_t n, const char *item, const char *sep,
+    const char *tail, size_t *len)
+{
+    char    *body, *p;
+    size_t   i;
+
+    body = malloc(strlen(head) + n * (strlen(item) + strlen(sep))
+                  + strlen(tail) + 1);
+    assert_non_null(body);
+
+    p = body;
+    p += sprintf(p, "%s", head);
+
+    for (i = 0; i < n; i++) {
+        p += sprintf(p, "%s%s", i ? sep : "", item);
+    }
+
+    p += sprintf(p, "%s", tail);
+
+    *len = p - body;
+
+    return body;
+}
+
+
+/* x holds n times open, then inner, then n times close */
+
+static char *
+nested(size_t n, const char *open, const char *inner, const char *close,
+    size_t *len)
+{
+    char        *body, *p;
+    size_t       i, no, nc;
+    static char  head[] = "{\"document_ids\": [], \"x\": ";
+
+    no = strlen(open);
+    nc = strlen(close);
+
+    body = malloc(sizeof(head) + n * (no + nc) + strlen(inner) + 2);
+    assert_non_null(body);
+
+    p = memcpy(body, head, sizeof(head) - 1);
+    p += sizeof(head) - 1;
+
+    for (i = 0; i < n; i++) {
+        p = (char *) memcpy(p, open, no) + no;
+    }
+
+    p = (char *) memcpy(p, inner, strlen(inner)) + strlen(inner);
+
+    for (i = 0; i < n; i++) {
+        p = (char *) memcpy(p, close, nc) + nc;
+    }
+
+    *p++ = '}';
+
+    *len = p - body;
+
+    return body;
+}
+
+
 static void
 test_depth(void **state)
 {
-    size_t  i, n, depth;
-    char   *body;
+    char    *body;
+    size_t   i, n, len, depth, levels;
+
+    static const struct {
+        const char  *open;
+        const char  *inner;
+        const char  *close;
+        size_t       levels;            /* of each open */
+        size_t       inner_levels;
+    } shapes[] = {
+        { "[", "0", "]", 1, 0 },
+        { "[", "[]", "]", 1, 1 },
+        { "{\"a\": ", "{}", "}", 1, 1 },
+        { "[{\"a\": ", "0", "}]", 2, 0 },
+        { "[\"[\", {\"{\": ", "\"]}\"", "}]", 2, 0 },
+        { "[ ", "[\"\\\\\"]", " ]", 1, 1 }
+    };
 
     (void) state;
 
-    /* deep nesting ends in an error, not in a stack overflow */
+    /*
+     * A batch body has 2 levels, the root object's included; up to
+     * DIFY_BODY_MAX_DEPTH pass, one more does not.
+     */
 
-    for (depth = 1000; depth <= 100000; depth *= 100) {
+    assert_int_equal(DIFY_BODY_MAX_DEPTH, 64);
 
-        body = malloc(2 * depth + 64);
-        assert_non_null(body);
+    for (i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        for (depth = 2; depth <= 70; depth++) {
 
-        n = sprintf(body, "{\"document_ids\": [], \"x\": ");
+            /* the root, then n opens, then the inner value */
 
-        for (i = 0; i < depth; i++) {
-            body[n++] = '[';
+            levels = depth - 1 - shapes[i].inner_levels;
+
+            if (levels % shapes[i].levels != 0) {
+                continue;
+            }
+
+            n = levels / shapes[i].levels;
+
+            body = nested(n, shapes[i].open, shapes[i].inner, shapes[i].close,
+                          &len);
+
+            if (depth <= DIFY_BODY_MAX_DEPTH) {
+                body_ok(body, len, &conf_uuid, 0);
+
+            } else {
+                body_because(body, len, &conf_uuid, DEEP_MSG);
+            }
+
+            free(body);
         }
+    }
 
-        for (i = 0; i < depth; i++) {
-            body[n++] = ']';
-        }
+    /* at the root too; brackets in strings and keys do not count */
 
-        body[n++] = '}';
+    body = repeat("", 65, "[", "", "", &len);
+    body_because(body, len, &conf_uuid, DEEP_MSG);
+    free(body);
 
-        if (depth == 1000) {
-            body_ok(body, n, &conf_uuid, 0);
+    body = repeat("", 64, "[", "", "", &len);
+    body_bad(body, len, &conf_uuid);
+    free(body);
 
-        } else {
-            body_bad(body, n, &conf_uuid);
-        }
+    body = repeat("{\"document_ids\": [], \"s\": \"", 100, "[{", "", "\"}",
+                  &len);
+    body_ok(body, len, &conf_uuid, 0);
+    free(body);
+
+    body = repeat("{\"document_ids\": [], \"s\": \"\\\"", 100, "[",
+                  "\\\\", "\"}", &len);
+    body_ok(body, len, &conf_uuid, 0);
+    free(body);
+
+    body = repeat("{\"document_ids\": [], \"", 100, "[", "\\\"", "\": 1}",
+                  &len);
+    body_ok(body, len, &conf_uuid, 0);
+    free(body);
+
+    /* closing more than was opened does not lower the count */
+
+    body = repeat("{\"document_ids\": []}", 100, "]", "", "", &len);
+    body_bad(body, len, &conf_uuid);
+    free(body);
+
+    body = repeat("]]]]]]]]]]}}}}}}}}}}", 65, "[", "", "", &len);
+    body_because(body, len, &conf_uuid, DEEP_MSG);
+    free(body);
+
+    /* deep nesting ends in an error, not in a stack overflow: any depth */
+
+    for (depth = 65; depth <= 1000000; depth *= 10) {
+        body = nested(depth, "[", "[]", "]", &len);
+
+        body_because(body, len, &conf_uuid, DEEP_MSG);
+        body_bad(body, len, &conf_any_nocap);
 
         /* unterminated */
-        body_bad(body, 40 + depth, &conf_uuid);
+        body_bad(body, len / 2, &conf_uuid);
 
         free(body);
+
+        body = nested(depth, "{\"a\":", "{}", "}", &len);
+        body_bad(body, len, &conf_nocap);
+        free(body);
     }
+}
+
+
+static void
+body_too_many(const char *body, size_t len, const dify_body_conf_t *conf,
+    size_t max)
+{
+    char                expect[DIFY_BODY_MESSAGE_LEN];
+    dify_body_rc_e      rc;
+    dify_body_result_t  res;
+
+    rc = validate(body, len, conf, &res);
+
+    sprintf(expect, "Request body must not hold more than %zu JSON values.",
+            max);
+
+    if (rc != DIFY_BODY_TOO_MANY_VALUES || strcmp(res.message, expect) != 0) {
+        fail_msg("%.*s: rc %d, \"%s\", expected \"%s\"", (int) len, body, rc,
+                 res.message, expect);
+    }
+}
+
+
+#define TOO_MANY(c, b, m)  body_too_many(b, sizeof(b) - 1, &c, m)
+
+/* the root object and document_ids: 2 values */
+#define X_HEAD  "{\"document_ids\": [], \"x\": ["
+
+
+static void
+test_values(void **state)
+{
+    char              *body;
+    size_t             i, n, len, max;
+    dify_body_conf_t   conf;
+
+    static const struct {
+        const char  *value;
+        size_t       values;            /* in it */
+    } kinds[] = {
+        { "0", 1 }, { "-1.5e3", 1 }, { "true", 1 }, { "null", 1 },
+        { "\"\"", 1 }, { "\"a,b]\\\",:{\"", 1 }, { "\"\\\\\"", 1 },
+        { "{}", 1 }, { "[]", 1 }, { "{\"k\": 0}", 2 }, { "[0]", 2 },
+        { "{\"k\": {\"k\": [null, \"k\"]}}", 5 }, { " 0 ", 1 }
+    };
+
+    (void) state;
+
+    assert_int_equal(DIFY_BODY_EXTRA_VALUES, 64);
+
+    /* the root, document_ids, max_documents ids and 64 more */
+
+    max = conf_uuid.max_documents + 2 + DIFY_BODY_EXTRA_VALUES;
+
+    for (i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+
+        /* 3 values beside them: the root, document_ids and x */
+
+        n = (max - 3) / kinds[i].values;
+        body = repeat(X_HEAD, n, kinds[i].value, ",", "]}", &len);
+        body_ok(body, len, &conf_uuid, 0);
+        free(body);
+
+        body = repeat(X_HEAD, n + 1, kinds[i].value, ",", "]}", &len);
+        body_too_many(body, len, &conf_uuid, max);
+        free(body);
+
+        /* no cap on the ids, no budget */
+        body = repeat(X_HEAD, max * 10, kinds[i].value, ",", "]}", &len);
+        body_ok(body, len, &conf_nocap, 0);
+        free(body);
+    }
+
+    /* ids count, keys do not: 13 values, then n */
+
+    conf = conf_any;
+    conf.max_documents = 2;
+
+    body = repeat("{\"document_ids\": [\"a\", \"b\"], \"k1\": 1, \"k2\": [], "
+                  "\"k3\": {\"k4\": \"\", \"k5\": null}, \"k6\": [{}, {}, []",
+                  68 - 13, ", 1", "", "]}", &len);
+    body_ok(body, len, &conf, 2);
+    free(body);
+
+    body = repeat("{\"document_ids\": [\"a\", \"b\"], \"k1\": 1, \"k2\": [], "
+                  "\"k3\": {\"k4\": \"\", \"k5\": null}, \"k6\": [{}, {}, []",
+                  68 - 13 + 1, ", 1", "", "]}", &len);
+    body_too_many(body, len, &conf, 68);
+    free(body);
+
+    body = repeat("{", 66, "\"k\\u0000\\\"\": 1", ", ", "}", &len);
+    body_bad(body, len, &conf);
+    free(body);
+
+    body = repeat("{", 68, "\"k\\u0000\\\"\": 1", ", ", "}", &len);
+    body_too_many(body, len, &conf, 68);
+    free(body);
+
+    /* more ids than the cap, within the budget: row 7 says so */
+
+    conf.max_documents = 1;
+
+    body = repeat("{\"document_ids\": [", 65, "\"a\"", ", ", "]}", &len);
+    body_param(body, len, &conf,
+               "document_ids must not contain more than 1 items.");
+    free(body);
+
+    body = repeat("{\"document_ids\": [", 66, "\"a\"", ", ", "]}", &len);
+    body_too_many(body, len, &conf, 67);
+    free(body);
+
+    /* counted before jansson runs: what follows is never looked at */
+
+    body = repeat(X_HEAD, 65, "1", ", ", "], x x x", &len);
+    body_too_many(body, len, &conf, 67);
+    free(body);
+
+    body = repeat(X_HEAD, 65, "1", ", ", "], \"a\": 1, \"a\": 2}", &len);
+    body_too_many(body, len, &conf, 67);
+    free(body);
+
+    /* garbage counts too, as what jansson could build before it stops */
+
+    body = repeat("[", 67, "1", " ", "]", &len);
+    body_too_many(body, len, &conf, 67);
+    free(body);
+
+    body = repeat("[", 67, "tru", ",", "", &len);
+    body_too_many(body, len, &conf, 67);
+    free(body);
+
+    body = repeat("{\"k\": [", 66, "1", ",", "], \"x\":::::::::::::::]}", &len);
+    body_too_many(body, len, &conf, 67);
+    free(body);
+
+    /* the first limit the body reaches answers */
+
+    body = repeat(X_HEAD, DIFY_BODY_MAX_DEPTH - 1, "[", "", "", &len);
+    body_because(body, len, &conf, DEEP_MSG);
+    free(body);
+
+    body = repeat(X_HEAD, 65, "1", ", ", ", [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["
+                  "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[", &len);
+    body_too_many(body, len, &conf, 67);
+    free(body);
+
+    /* a cap too large to add to: no budget */
+
+    conf.max_documents = SIZE_MAX - 2 - DIFY_BODY_EXTRA_VALUES;
+    body = repeat(X_HEAD, 100, "0", ",", "]}", &len);
+    body_ok(body, len, &conf, 0);
+
+    conf.max_documents++;
+    body_ok(body, len, &conf, 0);
+    free(body);
 }
 
 
@@ -868,6 +1191,306 @@ test_large(void **state)
 }
 
 
+/*
+ * Parity with orjson, Dify's parser: t/fixtures/json/orjson-3.8.3.txt,
+ * written by t/fixtures/json/make-corpus, holds orjson's verdict on each
+ * body of a corpus.  Whatever orjson refuses, the gateway refuses as
+ * bad_request (or, where the value budget applies, with its 413); whatever
+ * orjson accepts, the gateway reads as JSON too (rc OK or INVALID_PARAM),
+ * but for the cases below, where it is stricter on purpose.  Looser than
+ * orjson is never right: Dify would then answer 400 itself, after its
+ * auth and dataset queries, and the key would have been charged.
+ */
+
+#define TEST_FIXTURES  "t/fixtures/json"
+#define TEST_CORPUS    "orjson-3.8.3.txt"
+
+
+typedef struct {
+    const char      *prefix;            /* of the case's name */
+    dify_body_rc_e   rc;                /* the gateway's answer */
+    size_t           used;
+} test_stricter_t;
+
+
+static test_stricter_t  stricter[] = {
+
+    /*
+     * Duplicate keys, at any depth (contract, row 6): orjson keeps the
+     * last, so a validator reading the first one could be bypassed.
+     */
+    { "dup-", DIFY_BODY_BAD_REQUEST, 0 },
+
+    /* not an object (row 6): Dify's handler fails on it with a 500 */
+    { "root-", DIFY_BODY_BAD_REQUEST, 0 },
+
+    /*
+     * Nesting deeper than DIFY_BODY_MAX_DEPTH (64): a batch body has 2
+     * levels; orjson 3.8.3 has no limit (it crashes near 100,000),
+     * orjson >= 3.9 refuses past 1024, Python code in Dify fails near
+     * 1000 and jansson past 2048.
+     */
+    { "deep-", DIFY_BODY_BAD_REQUEST, 0 },
+
+    /*
+     * \u0000 in an object key: jansson cannot store such a key; to Dify
+     * it is a key like any other, never "document_ids".
+     */
+    { "keynul-", DIFY_BODY_BAD_REQUEST, 0 },
+
+    /*
+     * More JSON values than the budget (the default max_documents 1000,
+     * plus 2, plus DIFY_BODY_EXTRA_VALUES): 413 before parsing, so that
+     * no body makes the worker build a large tree.  None without a cap.
+     */
+    { "values-", DIFY_BODY_TOO_MANY_VALUES, 0 }
+};
+
+
+static size_t
+test_hex(const char *hex, unsigned char *out)
+{
+    size_t  i, n;
+    int     c, v;
+
+    n = strlen(hex);
+    assert_int_equal(n % 2, 0);
+
+    for (i = 0; i < n; i++) {
+        c = hex[i];
+        v = (c >= '0' && c <= '9') ? c - '0'
+            : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+        assert_true(v >= 0);
+
+        if (i % 2 == 0) {
+            out[i / 2] = v << 4;
+
+        } else {
+            out[i / 2] |= v;
+        }
+    }
+
+    return n / 2;
+}
+
+
+static unsigned char *
+test_read_file(const char *path, size_t *len)
+{
+    long            size;
+    FILE           *f;
+    unsigned char  *data;
+
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        fail_msg("cannot open \"%s\"", path);
+    }
+
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    size = ftell(f);
+    assert_true(size >= 0);
+    assert_int_equal(fseek(f, 0, SEEK_SET), 0);
+
+    data = malloc(size ? size : 1);
+    assert_non_null(data);
+    assert_int_equal(fread(data, 1, size, f), (size_t) size);
+    fclose(f);
+
+    *len = size;
+
+    return data;
+}
+
+
+/* what the gateway should answer to one case under conf, NULL if right */
+
+static const char *
+test_parity_case(int accept, const char *name, const unsigned char *body,
+    size_t len, const dify_body_conf_t *conf, dify_body_rc_e *got)
+{
+    size_t               i;
+    dify_body_rc_e       rc;
+    test_stricter_t     *s;
+    dify_body_result_t   res;
+
+    rc = validate((const char *) body, len, conf, &res);
+    *got = rc;
+
+    s = NULL;
+
+    for (i = 0; i < sizeof(stricter) / sizeof(stricter[0]); i++) {
+        if (strncmp(name, stricter[i].prefix, strlen(stricter[i].prefix))
+            == 0)
+        {
+            s = &stricter[i];
+        }
+    }
+
+    if (!accept) {
+        if (rc == DIFY_BODY_BAD_REQUEST
+            || (rc == DIFY_BODY_TOO_MANY_VALUES && conf->max_documents))
+        {
+            return NULL;
+        }
+
+        return "LOOSER than orjson: orjson refuses it";
+    }
+
+    if (s != NULL
+        && (s->rc != DIFY_BODY_TOO_MANY_VALUES || conf->max_documents))
+    {
+        if (rc != s->rc) {
+            return "not refused as documented";
+        }
+
+        s->used++;
+        return NULL;
+    }
+
+    if (rc == DIFY_BODY_OK || rc == DIFY_BODY_INVALID_PARAM) {
+        return NULL;
+    }
+
+    return "stricter than orjson, and not documented as such";
+}
+
+
+static void
+test_orjson(void **state)
+{
+    int                  accept;
+    char                *line, *name, *field, *tab, *dir, path[1024];
+    FILE                *f;
+    size_t               i, n, len, cap, bad, cases, accepted;
+    ssize_t              got;
+    const char          *why;
+    unsigned char       *body;
+    dify_body_rc_e       rc;
+    dify_body_conf_t     conf[2];
+
+    (void) state;
+
+    /* the defaults of the directives; no cap at all */
+
+    conf[0].max_documents = 1000;
+    conf[0].ids_any = 0;
+    conf[0].reject_duplicates = 0;
+
+    conf[1].max_documents = 0;
+    conf[1].ids_any = 1;
+    conf[1].reject_duplicates = 0;
+
+    dir = getenv("DIFY_TEST_FIXTURES");
+    if (dir == NULL) {
+        dir = TEST_FIXTURES;
+    }
+
+    snprintf(path, sizeof(path), "%s/%s", dir, TEST_CORPUS);
+
+    f = fopen(path, "r");
+    if (f == NULL) {
+        fail_msg("cannot open \"%s\" (run from the top of the tree, or set "
+                 "DIFY_TEST_FIXTURES)", path);
+    }
+
+    line = NULL;
+    cap = 0;
+    accept = 0;
+    cases = 0;
+    accepted = 0;
+    bad = 0;
+
+    while ((got = getline(&line, &cap, f)) != -1) {
+
+        if (got > 0 && line[got - 1] == '\n') {
+            line[got - 1] = '\0';
+        }
+
+        if (line[0] == '#' || line[0] == '\0') {
+            continue;
+        }
+
+        /* VERDICT \t NAME \t BODY [\t # comment] */
+
+        tab = strchr(line, '\t');
+        assert_non_null(tab);
+        *tab = '\0';
+        name = tab + 1;
+
+        if (strcmp(line, "accept") == 0) {
+            accept = 1;
+
+        } else if (strcmp(line, "refuse") == 0) {
+            accept = 0;
+
+        } else {
+            fail_msg("bad verdict \"%s\" in %s", line, path);
+        }
+
+        tab = strchr(name, '\t');
+        assert_non_null(tab);
+        *tab = '\0';
+        field = tab + 1;
+
+        tab = strchr(field, '\t');
+        if (tab != NULL) {
+            *tab = '\0';
+        }
+
+        if (field[0] == '@') {
+            snprintf(path, sizeof(path), "%s/%s", dir, field + 1);
+            body = test_read_file(path, &len);
+
+        } else if (strcmp(field, "-") == 0) {
+            body = malloc(1);
+            assert_non_null(body);
+            len = 0;
+
+        } else {
+            body = malloc(strlen(field) / 2 + 1);
+            assert_non_null(body);
+            len = test_hex(field, body);
+        }
+
+        cases++;
+        accepted += accept;
+
+        for (i = 0; i < 2; i++) {
+            why = test_parity_case(accept, name, body, len, &conf[i], &rc);
+
+            if (why != NULL) {
+                print_message("%s (%s, max_documents %zu): rc %d: %s\n",
+                              name, accept ? "accepted" : "refused",
+                              conf[i].max_documents, rc, why);
+                bad++;
+            }
+        }
+
+        free(body);
+    }
+
+    free(line);
+    fclose(f);
+
+    print_message("%zu cases, %zu accepted by orjson\n", cases, accepted);
+
+    /* the whole corpus was read; each documented case is in it */
+
+    assert_true(cases >= 400);
+    assert_true(accepted >= 100 && cases - accepted >= 100);
+
+    for (n = 0; n < sizeof(stricter) / sizeof(stricter[0]); n++) {
+        if (stricter[n].used == 0) {
+            print_message("no case refused as documented for \"%s\"\n",
+                          stricter[n].prefix);
+            bad++;
+        }
+    }
+
+    assert_int_equal(bad, 0);
+}
+
+
 /* jansson's allocator, failing once "budget" allocations are spent */
 
 static size_t  alloc_budget;
@@ -975,6 +1598,8 @@ main(void)
         cmocka_unit_test(test_nul),
         cmocka_unit_test(test_numbers),
         cmocka_unit_test(test_depth),
+        cmocka_unit_test(test_values),
+        cmocka_unit_test(test_orjson),
         cmocka_unit_test(test_field),
         cmocka_unit_test(test_cap),
         cmocka_unit_test(test_items),

@@ -10,8 +10,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <cmocka.h>
 #include <jansson.h>
 
@@ -315,10 +317,16 @@ auth_is(const unsigned char *p, size_t len, dify_auth_e rc,
         return;
     }
 
+    /* it points into the value, and only SP and HTAB follow it */
+
     assert_non_null(t.data);
-    assert_true(t.data > p && t.data + t.len == p + len);
-    assert_int_equal(t.len, token_len);
-    assert_memory_equal(t.data, token, token_len);
+    assert_true(t.data > p && t.data + t.len <= p + len);
+    assert_int_equal(strspn((const char *) t.data + t.len, " \t"),
+                     p + len - (t.data + t.len));
+
+    if (t.len != token_len || memcmp(t.data, token, token_len) != 0) {
+        fail_msg("token of %zu bytes, expected %zu", t.len, token_len);
+    }
 }
 
 
@@ -408,10 +416,232 @@ test_auth(void **state)
     AUTH_OK("Bearer \x1btok", "\x1btok");
     AUTH_SCHEME("Bearer\x1b tok");
 
-    /* trailing whitespace stays in the token */
-    AUTH_OK("Bearer dataset-abc ", "dataset-abc ");
-    AUTH_OK("Bearer dataset-abc \t", "dataset-abc \t");
+    /*
+     * gunicorn strips SP and HTAB from the ends of the value; other
+     * trailing whitespace stays in the token
+     */
+    AUTH_OK("Bearer dataset-abc ", "dataset-abc");
+    AUTH_OK("Bearer dataset-abc \t", "dataset-abc");
     AUTH_OK("Bearer dataset-abc\xa0", "dataset-abc\xa0");
+    AUTH_OK("Bearer dataset-abc\xa0\t ", "dataset-abc\xa0");
+
+    /* the SP that wraps.py looks for must survive the strip */
+    AUTH_MISSING("Bearer\tdataset-abc ");
+    AUTH_MISSING(" Bearer\tdataset-abc");
+}
+
+
+/*
+ * Spellings of one key and of others, each with the verdict and token
+ * that gunicorn 25.3's parse_headers (value.strip(" \t")) and Dify's
+ * wraps.py (" " in value, value.split(None, 1), scheme.lower()) give in
+ * CPython 3.11 on the latin-1 string; generated with that code once.
+ */
+
+static void
+test_auth_model(void **state)
+{
+    (void) state;
+
+    AUTH_OK("Bearer dataset-K", "dataset-K");
+    AUTH_OK("bearer dataset-K", "dataset-K");
+    AUTH_OK("BEARER dataset-K", "dataset-K");
+    AUTH_OK("bEaReR dataset-K", "dataset-K");
+    AUTH_OK("Bearer  dataset-K", "dataset-K");
+    AUTH_OK("Bearer \tdataset-K", "dataset-K");
+    AUTH_OK("Bearer\t dataset-K", "dataset-K");
+    AUTH_OK("Bearer dataset-K\t", "dataset-K");
+    AUTH_OK("Bearer dataset-K\t\t", "dataset-K");
+    AUTH_OK("Bearer dataset-K \t", "dataset-K");
+    AUTH_OK("Bearer dataset-K\t ", "dataset-K");
+    AUTH_OK("Bearer dataset-K ", "dataset-K");
+    AUTH_OK("Bearer dataset-K  ", "dataset-K");
+    AUTH_OK(" Bearer dataset-K", "dataset-K");
+    AUTH_OK("\tBearer dataset-K", "dataset-K");
+    AUTH_OK(" \t Bearer dataset-K \t ", "dataset-K");
+    AUTH_OK("\t\tbearer\t \tdataset-K\t\t", "dataset-K");
+    AUTH_OK("Bearer \vdataset-K", "dataset-K");
+    AUTH_OK("Bearer\v dataset-K", "dataset-K");
+    AUTH_OK("Bearer\f dataset-K", "dataset-K");
+    AUTH_OK("Bearer \x1c\x1d\x1e\x1f" "dataset-K", "dataset-K");
+    AUTH_OK("Bearer \x85" "dataset-K", "dataset-K");
+    AUTH_OK("Bearer \xa0" "dataset-K", "dataset-K");
+    AUTH_OK("Bearer\xa0 dataset-K", "dataset-K");
+    AUTH_OK("\vBearer dataset-K", "dataset-K");
+    AUTH_OK("\xa0" "Bearer dataset-K", "dataset-K");
+    AUTH_OK("\x85 Bearer dataset-K", "dataset-K");
+    AUTH_OK("Bearer dataset-K\v", "dataset-K\v");
+    AUTH_OK("Bearer dataset-K\v ", "dataset-K\v");
+    AUTH_OK("Bearer dataset-K\v\t", "dataset-K\v");
+    AUTH_OK("Bearer dataset-K \v", "dataset-K \v");
+    AUTH_OK("Bearer dataset-K\xa0\t", "dataset-K\xa0");
+    AUTH_OK("Bearer dataset-K \x85 \t", "dataset-K \x85");
+    AUTH_OK("Bearer dataset-K\x1c", "dataset-K\x1c");
+    AUTH_OK("Bearer dataset-K x", "dataset-K x");
+    AUTH_OK("Bearer dataset-K\tx", "dataset-K\tx");
+    AUTH_OK("Bearer dataset-K \tx \t", "dataset-K \tx");
+    AUTH_OK("Bearer \x01" "dataset-K", "\x01" "dataset-K");
+    AUTH_OK("Bearer dataset-K\x01", "dataset-K\x01");
+    AUTH_MISSING("");
+    AUTH_MISSING(" ");
+    AUTH_MISSING("\t");
+    AUTH_MISSING(" \t ");
+    AUTH_MISSING("Bearer");
+    AUTH_MISSING("Bearer ");
+    AUTH_MISSING("Bearer  ");
+    AUTH_MISSING("Bearer \t");
+    AUTH_MISSING("Bearer\t");
+    AUTH_MISSING("Bearer\t ");
+    AUTH_MISSING(" Bearer\t");
+    AUTH_MISSING("Bearer\tdataset-K");
+    AUTH_MISSING("Bearer\tdataset-K ");
+    AUTH_MISSING("Bearer\tdataset-K\t ");
+    AUTH_MISSING("bearer\tdataset-K ");
+    AUTH_MISSING(" Bearer\tdataset-K");
+    AUTH_MISSING("Bearer\xa0" "dataset-K");
+    AUTH_MISSING("Bearer\xa0" "dataset-K ");
+    AUTH_MISSING("Bearer\vdataset-K\t");
+    AUTH_MISSING("dataset-K");
+    AUTH_MISSING("dataset-K ");
+    AUTH_MISSING(" dataset-K");
+    AUTH_MISSING("Bearer \v");
+    AUTH_MISSING("Bearer \xa0");
+    AUTH_MISSING("Bearer \x85\t");
+    AUTH_MISSING("Bearer \v\f ");
+    AUTH_MISSING("\vBearer\v");
+    AUTH_MISSING("\v \v");
+    AUTH_MISSING("\xa0 ");
+    AUTH_MISSING(" \x85 ");
+    AUTH_SCHEME("Basic dataset-K");
+    AUTH_SCHEME("Token dataset-K");
+    AUTH_SCHEME("Bearerx dataset-K");
+    AUTH_SCHEME("Bearer: dataset-K");
+    AUTH_SCHEME("Bearer\x01 dataset-K");
+    AUTH_SCHEME("xBearer dataset-K");
+    AUTH_SCHEME("Bear dataset-K");
+    AUTH_SCHEME("Token\tdataset-K dataset-K");
+    AUTH_SCHEME("dataset-K Bearer");
+    AUTH_SCHEME("\vToken dataset-K");
+    AUTH_SCHEME("B\xe9" "arer dataset-K");
+    AUTH_SCHEME("Bearer\x1b dataset-K");
+    AUTH_SCHEME("\tBasic\t dataset-K\t");
+}
+
+
+/* Python's str.isspace() on a latin-1 code point */
+
+static int
+py_isspace(unsigned char c)
+{
+    return (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x20)
+           || c == 0x85 || c == 0xa0;
+}
+
+
+/*
+ * The model again, step by step as the Python reads, on a copy:
+ * v = v.strip(" \t"); " " in v; words = v.split(None, 1).
+ */
+
+static dify_auth_e
+model_auth(const unsigned char *p, size_t len, unsigned char *token,
+    size_t *token_len)
+{
+    size_t  i, b, e, w0, w1;
+
+    b = 0;
+    e = len;
+
+    while (b < e && (p[b] == ' ' || p[b] == '\t')) {
+        b++;
+    }
+
+    while (e > b && (p[e - 1] == ' ' || p[e - 1] == '\t')) {
+        e--;
+    }
+
+    for (i = b; i < e && p[i] != ' '; i++) { /* void */ }
+
+    if (i == e) {
+        return DIFY_AUTH_MISSING;
+    }
+
+    for (i = b; i < e && py_isspace(p[i]); i++) { /* void */ }
+
+    w0 = i;
+
+    for ( /* void */ ; i < e && !py_isspace(p[i]); i++) { /* void */ }
+
+    w1 = i;
+
+    for ( /* void */ ; i < e && py_isspace(p[i]); i++) { /* void */ }
+
+    if (w0 == w1 || i == e) {
+        return DIFY_AUTH_MISSING;
+    }
+
+    if (w1 - w0 != 6 || strncasecmp((const char *) p + w0, "bearer", 6) != 0) {
+        return DIFY_AUTH_SCHEME;
+    }
+
+    *token_len = e - i;
+    memcpy(token, p + i, e - i);
+
+    return DIFY_AUTH_OK;
+}
+
+
+static void
+test_auth_combinations(void **state)
+{
+    size_t          i, a, b, c, s, w, len, tlen, n, nws, nschemes, nwords;
+    dify_str_t      t;
+    dify_auth_e     rc, expect;
+    unsigned char   v[64], token[64];
+
+    static const char  *ws[] = {
+        "", " ", "\t", "  ", "\t\t", " \t", "\t ", "\v", "\xa0", "\x85",
+        "\x1c", "\f ", " \v", "\t\xa0", "\xa0 ", " \x1f\t"
+    };
+    static const char  *schemes[] = { "Bearer", "bEARER", "Basic", "" };
+    static const char  *words[] = { "k", "k x", "k\tx", "k\vx" };
+
+    (void) state;
+
+    /* ws scheme ws word ws: every combination against the model */
+
+    nws = sizeof(ws) / sizeof(ws[0]);
+    nschemes = sizeof(schemes) / sizeof(schemes[0]);
+    nwords = sizeof(words) / sizeof(words[0]);
+
+    n = 0;
+
+    for (i = 0; i < nws * nschemes * nws * nwords * nws; i++) {
+        a = i % nws;
+        s = i / nws % nschemes;
+        b = i / nws / nschemes % nws;
+        w = i / nws / nschemes / nws % nwords;
+        c = i / nws / nschemes / nws / nwords;
+
+        len = (size_t) snprintf((char *) v, sizeof(v), "%s%s%s%s%s", ws[a],
+                                schemes[s], ws[b], words[w], ws[c]);
+
+        expect = model_auth(v, len, token, &tlen);
+        rc = dify_parse_authorization(v, len, &t);
+
+        if (rc != expect
+            || (rc == DIFY_AUTH_OK
+                && (t.len != tlen || memcmp(t.data, token, tlen) != 0)))
+        {
+            fail_msg("\"%s|%s|%s|%s|%s\": %d, not %d", ws[a], schemes[s],
+                     ws[b], words[w], ws[c], rc, expect);
+        }
+
+        n += (rc == DIFY_AUTH_OK);
+    }
+
+    /* the table is not degenerate */
+    assert_true(n > 1000);
 }
 
 
@@ -554,6 +784,14 @@ test_media_encoding(void **state)
     media_is("application/json", "x", DIFY_MEDIA_ENCODED);
     media_is("application/json", "identity, gzip", DIFY_MEDIA_ENCODED);
     media_is("application/json", "gzip, identity", DIFY_MEDIA_ENCODED);
+    media_is("application/json", "identity,gzip", DIFY_MEDIA_ENCODED);
+    media_is("application/json", ",,gzip", DIFY_MEDIA_ENCODED);
+    media_is("application/json", "identity,", DIFY_MEDIA_OK);
+    media_is("application/json", "identity, identity", DIFY_MEDIA_OK);
+    media_is("application/json", " , identity\t,,\tIDENTITY ,", DIFY_MEDIA_OK);
+    media_is("application/json", ",", DIFY_MEDIA_OK);
+    media_is("application/json", "identity\v", DIFY_MEDIA_ENCODED);
+    media_is("application/json", "identity gzip", DIFY_MEDIA_ENCODED);
     media_is("application/json", "identit", DIFY_MEDIA_ENCODED);
     media_is("application/json", "identityy", DIFY_MEDIA_ENCODED);
     media_is("application/json", "identity;q=1", DIFY_MEDIA_ENCODED);
@@ -573,6 +811,87 @@ test_media_encoding(void **state)
     assert_int_equal(dify_check_media(U("application/json"),
                                       (const unsigned char *) "gzip", 0),
                      DIFY_MEDIA_OK);
+}
+
+
+/* NULL-terminated lists of Content-Type and Content-Encoding values */
+
+static void
+media_headers_is(const char **ct, const char **ce, dify_media_e rc)
+{
+    dify_media_e  got;
+    dify_media_t  m;
+
+    dify_media_init(&m);
+
+    for ( /* void */ ; ct != NULL && *ct != NULL; ct++) {
+        dify_media_type(&m, (const unsigned char *) *ct, strlen(*ct));
+    }
+
+    for ( /* void */ ; ce != NULL && *ce != NULL; ce++) {
+        dify_media_encoding(&m, (const unsigned char *) *ce, strlen(*ce));
+    }
+
+    got = dify_media_verdict(&m);
+
+    if (got != rc) {
+        fail_msg("%d, not %d", got, rc);
+    }
+}
+
+
+#define LIST(...)  (const char *[]) { __VA_ARGS__, NULL }
+
+
+static void
+test_media_headers(void **state)
+{
+    (void) state;
+
+    /* gunicorn keeps the last Content-Type: two that differ are refused */
+    media_headers_is(LIST("application/json", "application/json"), NULL,
+                     DIFY_MEDIA_OK);
+    media_headers_is(LIST("application/json", " application/json\t"), NULL,
+                     DIFY_MEDIA_OK);
+    media_headers_is(LIST("text/plain", "text/plain"), NULL,
+                     DIFY_MEDIA_NOT_JSON);
+    media_headers_is(LIST("", ""), NULL, DIFY_MEDIA_NOT_JSON);
+    media_headers_is(LIST("application/json", "text/plain"), NULL,
+                     DIFY_MEDIA_CONFLICT);
+    media_headers_is(LIST("text/plain", "application/json"), NULL,
+                     DIFY_MEDIA_CONFLICT);
+    media_headers_is(LIST("application/json",
+                          "application/json; charset=utf-8"), NULL,
+                     DIFY_MEDIA_CONFLICT);
+    media_headers_is(LIST("application/json", "Application/JSON"), NULL,
+                     DIFY_MEDIA_CONFLICT);
+    media_headers_is(LIST("application/json", ""), NULL,
+                     DIFY_MEDIA_CONFLICT);
+    media_headers_is(LIST("", "application/json"), NULL,
+                     DIFY_MEDIA_CONFLICT);
+    media_headers_is(LIST("application/json", "application/json",
+                          "text/plain"), NULL, DIFY_MEDIA_CONFLICT);
+    media_headers_is(LIST("application/json", "application/json\v"), NULL,
+                     DIFY_MEDIA_CONFLICT);
+
+    /* every Content-Encoding header counts */
+    media_headers_is(LIST("application/json"), LIST("identity", "gzip"),
+                     DIFY_MEDIA_ENCODED);
+    media_headers_is(LIST("application/json"), LIST("gzip", "identity"),
+                     DIFY_MEDIA_ENCODED);
+    media_headers_is(LIST("application/json"), LIST("", "identity, x"),
+                     DIFY_MEDIA_ENCODED);
+    media_headers_is(LIST("application/json"),
+                     LIST("identity", "", " IDENTITY ", ","), DIFY_MEDIA_OK);
+
+    /* in the order: missing, conflict, not JSON, encoded */
+    media_headers_is(NULL, LIST("gzip"), DIFY_MEDIA_MISSING);
+    media_headers_is(LIST("text/plain", "application/json"), LIST("gzip"),
+                     DIFY_MEDIA_CONFLICT);
+    media_headers_is(LIST("text/plain"), LIST("gzip"), DIFY_MEDIA_NOT_JSON);
+    media_headers_is(LIST("application/json"), LIST("gzip"),
+                     DIFY_MEDIA_ENCODED);
+    media_headers_is(NULL, NULL, DIFY_MEDIA_MISSING);
 }
 
 
@@ -778,9 +1097,12 @@ main(void)
         cmocka_unit_test(test_uuid_every_byte),
         cmocka_unit_test(test_action),
         cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_auth_model),
+        cmocka_unit_test(test_auth_combinations),
         cmocka_unit_test(test_auth_every_byte),
         cmocka_unit_test(test_media_type),
         cmocka_unit_test(test_media_encoding),
+        cmocka_unit_test(test_media_headers),
         cmocka_unit_test(test_envelope),
         cmocka_unit_test(test_envelope_is_json),
     };
