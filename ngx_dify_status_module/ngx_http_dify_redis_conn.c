@@ -39,17 +39,21 @@
 #define NGX_HTTP_DIFY_REDIS_READ_SIZE      16384
 #define NGX_HTTP_DIFY_REDIS_MAX_UNPARSED   (1024 * 1024)
 #define NGX_HTTP_DIFY_REDIS_WRITE_BATCH    64       /* commands a write */
+#define NGX_HTTP_DIFY_REDIS_MAX_ADDRS      8        /* of a name */
+#define NGX_HTTP_DIFY_REDIS_REFRESH_MIN    1000     /* in milliseconds */
 
 /* the connection's state */
 #define NGX_HTTP_DIFY_REDIS_CLOSED         0
 #define NGX_HTTP_DIFY_REDIS_CONNECTING     1
 #define NGX_HTTP_DIFY_REDIS_HANDSHAKE      2
 #define NGX_HTTP_DIFY_REDIS_UP             3
+#define NGX_HTTP_DIFY_REDIS_RESOLVING      4
 
 /* the kind of failure last logged: each is logged once, not per attempt */
 #define NGX_HTTP_DIFY_REDIS_LOG_NONE       0
 #define NGX_HTTP_DIFY_REDIS_LOG_NETWORK    1        /* refused, lost, hung */
 #define NGX_HTTP_DIFY_REDIS_LOG_HANDSHAKE  2        /* an error reply */
+#define NGX_HTTP_DIFY_REDIS_LOG_RESOLVE    3        /* the name */
 
 
 struct ngx_http_dify_redis_cmd_s {
@@ -87,9 +91,22 @@ struct ngx_http_dify_redis_conn_s {
     ngx_log_t                      quiet;
 
     ngx_peer_connection_t          peer;        /* .connection: NULL */
-    ngx_pool_t                    *pool;        /* while connected */
     redisReader                   *reader;
     ngx_uint_t                     addr;        /* the next to try */
+
+    /* a name's last answer, its own copy */
+    ngx_resolver_ctx_t            *resolving;
+    ngx_event_t                    refresh;     /* the answer's TTL */
+    ngx_uint_t                     naddrs;
+    ngx_addr_t                     addrs[NGX_HTTP_DIFY_REDIS_MAX_ADDRS];
+    ngx_sockaddr_t                 sockaddrs[NGX_HTTP_DIFY_REDIS_MAX_ADDRS];
+    u_char                         names[NGX_HTTP_DIFY_REDIS_MAX_ADDRS]
+                                        [NGX_SOCKADDR_STRLEN];
+
+    /* the address of the connection */
+    ngx_sockaddr_t                 peer_sockaddr;
+    ngx_str_t                      peer_name;
+    u_char                         peer_text[NGX_SOCKADDR_STRLEN];
 
     ngx_queue_t                    queued;      /* not wholly written */
     ngx_queue_t                    pending;     /* written, oldest first */
@@ -111,7 +128,13 @@ struct ngx_http_dify_redis_conn_s {
 
 
 static void ngx_http_dify_redis_connect(ngx_http_dify_redis_conn_t *rc);
+static void ngx_http_dify_redis_resolve(ngx_http_dify_redis_conn_t *rc);
+static void ngx_http_dify_redis_resolved(ngx_resolver_ctx_t *ctx);
+static void ngx_http_dify_redis_refresh_handler(ngx_event_t *ev);
+static void ngx_http_dify_redis_connect_addr(ngx_http_dify_redis_conn_t *rc);
 static ngx_int_t ngx_http_dify_redis_queue_handshake(
+    ngx_http_dify_redis_conn_t *rc);
+static ngx_int_t ngx_http_dify_redis_queue_handshake_cmds(
     ngx_http_dify_redis_conn_t *rc);
 static ngx_http_dify_redis_cmd_t *ngx_http_dify_redis_cmd_create(
     ngx_http_dify_redis_conn_t *rc, int argc, const char **argv,
@@ -173,6 +196,11 @@ ngx_http_dify_redis_conn_create(ngx_cycle_t *cycle,
     rc->handshake.log = cycle->log;
     rc->handshake.cancelable = 1;
 
+    rc->refresh.handler = ngx_http_dify_redis_refresh_handler;
+    rc->refresh.data = rc;
+    rc->refresh.log = cycle->log;
+    rc->refresh.cancelable = 1;
+
     rc->backoff = NGX_HTTP_DIFY_REDIS_BACKOFF_MIN;
 
     ngx_http_dify_redis_connect(rc);
@@ -190,6 +218,10 @@ ngx_http_dify_redis_conn_close(ngx_http_dify_redis_conn_t *rc)
 
     if (rc->reconnect.timer_set) {
         ngx_del_timer(&rc->reconnect);
+    }
+
+    if (rc->refresh.timer_set) {
+        ngx_del_timer(&rc->refresh);
     }
 
     ngx_http_dify_redis_close(rc);
@@ -324,8 +356,218 @@ ngx_http_dify_redis_conn_cancel(ngx_http_dify_redis_cmd_t *cmd)
 }
 
 
+/* a new connection: the name resolved first, when there is a resolver */
+
 static void
 ngx_http_dify_redis_connect(ngx_http_dify_redis_conn_t *rc)
+{
+    /* commands queued from now on belong to this connection */
+    rc->epoch++;
+
+    if (rc->conf->resolver != NULL) {
+        ngx_http_dify_redis_resolve(rc);
+        return;
+    }
+
+    ngx_http_dify_redis_connect_addr(rc);
+}
+
+
+/*
+ * Asks the resolver, whose cache answers until the name's TTL (or the
+ * resolver's valid=) runs out.  Called to connect (state RESOLVING), and
+ * when the answer of a connection up expires (state UP).
+ */
+
+static void
+ngx_http_dify_redis_resolve(ngx_http_dify_redis_conn_t *rc)
+{
+    ngx_resolver_ctx_t          *ctx;
+    ngx_http_dify_redis_conf_t  *conf;
+
+    conf = rc->conf;
+
+    if (rc->resolving != NULL) {
+        return;
+    }
+
+    /* NULL: no literal check, the name is known to be one */
+
+    ctx = ngx_resolve_start(conf->resolver, NULL);
+
+    if (ctx == NULL || ctx == NGX_NO_RESOLVER) {
+        if (rc->state != NGX_HTTP_DIFY_REDIS_UP) {
+            ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_RESOLVE,
+                                       0, "unreachable: could not start "
+                                       "resolving \"%V\"", &conf->host);
+        }
+
+        return;
+    }
+
+    ctx->name = conf->host;
+    ctx->handler = ngx_http_dify_redis_resolved;
+    ctx->data = rc;
+    ctx->timeout = conf->resolver_timeout;
+    ctx->cancelable = 1;
+
+    if (rc->state != NGX_HTTP_DIFY_REDIS_UP) {
+        rc->state = NGX_HTTP_DIFY_REDIS_RESOLVING;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rc->log, 0,
+                   "dify_status redis: resolving \"%V\"", &conf->host);
+
+    /* the handler may run at once, from the cache */
+
+    rc->resolving = ctx;
+
+    if (ngx_resolve_name(ctx) != NGX_OK) {
+        /* ctx freed */
+        rc->resolving = NULL;
+
+        if (rc->state != NGX_HTTP_DIFY_REDIS_UP) {
+            ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_RESOLVE,
+                                       0, "unreachable: could not resolve "
+                                       "\"%V\"", &conf->host);
+        }
+    }
+}
+
+
+static void
+ngx_http_dify_redis_resolved(ngx_resolver_ctx_t *ctx)
+{
+    ngx_http_dify_redis_conn_t  *rc = ctx->data;
+
+    time_t                       valid;
+    ngx_int_t                    state;
+    ngx_uint_t                   i, n, moved;
+    ngx_msec_t                   refresh;
+    ngx_http_dify_redis_conf_t  *conf;
+
+    conf = rc->conf;
+    state = ctx->state;
+    valid = ctx->valid;
+
+    rc->resolving = NULL;
+
+    if (state || ctx->naddrs == 0) {
+        ngx_resolve_name_done(ctx);
+
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_RESOLVE_FAILURES);
+
+        if (rc->state == NGX_HTTP_DIFY_REDIS_UP) {
+            /* the connection up carries on; asked again in a while */
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rc->log, 0,
+                           "dify_status redis: \"%V\" not resolved: %s",
+                           &conf->host, ngx_resolver_strerror(state));
+
+            ngx_add_timer(&rc->refresh, NGX_HTTP_DIFY_REDIS_REFRESH_MIN);
+            return;
+        }
+
+        ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_RESOLVE, 0,
+                                   "unreachable: \"%V\" could not be "
+                                   "resolved (%i: %s)", &conf->host, state,
+                                   ngx_resolver_strerror(state));
+        return;
+    }
+
+    n = ngx_min(ctx->naddrs, NGX_HTTP_DIFY_REDIS_MAX_ADDRS);
+
+    /* is the address of the connection up among the new ones? */
+
+    moved = (rc->state == NGX_HTTP_DIFY_REDIS_UP);
+
+    for (i = 0; i < n && moved; i++) {
+        if (ngx_cmp_sockaddr(ctx->addrs[i].sockaddr, ctx->addrs[i].socklen,
+                             rc->peer.sockaddr, rc->peer.socklen, 0)
+            == NGX_OK)
+        {
+            moved = 0;
+        }
+    }
+
+    for (i = 0; i < n; i++) {
+        ngx_memcpy(&rc->sockaddrs[i], ctx->addrs[i].sockaddr,
+                   ctx->addrs[i].socklen);
+        ngx_inet_set_port(&rc->sockaddrs[i].sockaddr, conf->port);
+
+        rc->addrs[i].sockaddr = &rc->sockaddrs[i].sockaddr;
+        rc->addrs[i].socklen = ctx->addrs[i].socklen;
+        rc->addrs[i].name.data = rc->names[i];
+        rc->addrs[i].name.len = ngx_sock_ntop(rc->addrs[i].sockaddr,
+                                              rc->addrs[i].socklen,
+                                              rc->names[i],
+                                              NGX_SOCKADDR_STRLEN, 1);
+    }
+
+    ngx_resolve_name_done(ctx);
+
+    if (rc->state != NGX_HTTP_DIFY_REDIS_UP) {
+        /* the address connected to is in rc->peer, a pointer into these */
+        rc->naddrs = n;
+        rc->addr = 0;
+    }
+
+    /* asked again once the answer expires (the resolver's cache too) */
+
+    refresh = NGX_HTTP_DIFY_REDIS_REFRESH_MIN;
+
+    if (valid > ngx_time()) {
+        refresh = ngx_max(refresh, (ngx_msec_t) (valid - ngx_time()) * 1000);
+    }
+
+    if (rc->refresh.timer_set) {
+        ngx_del_timer(&rc->refresh);
+    }
+
+    ngx_add_timer(&rc->refresh, refresh);
+
+    if (rc->state == NGX_HTTP_DIFY_REDIS_UP) {
+
+        if (!moved) {
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, rc->log, 0,
+                      "redis \"%V\" now resolves to %V, reconnecting",
+                      &conf->address, &rc->addrs[0].name);
+
+        /* after the close: rc->peer points into the old answer */
+
+        ngx_http_dify_redis_close(rc);
+
+        rc->naddrs = n;
+        rc->addr = 0;
+
+        ngx_http_dify_redis_connect(rc);
+        return;
+    }
+
+    ngx_http_dify_redis_connect_addr(rc);
+}
+
+
+static void
+ngx_http_dify_redis_refresh_handler(ngx_event_t *ev)
+{
+    ngx_http_dify_redis_conn_t  *rc;
+
+    rc = ev->data;
+
+    if (rc->exiting || rc->state != NGX_HTTP_DIFY_REDIS_UP) {
+        /* any new connection resolves the name anyway */
+        return;
+    }
+
+    ngx_http_dify_redis_resolve(rc);
+}
+
+
+static void
+ngx_http_dify_redis_connect_addr(ngx_http_dify_redis_conn_t *rc)
 {
     ngx_int_t                    rv;
     ngx_addr_t                  *addr;
@@ -335,12 +577,25 @@ ngx_http_dify_redis_connect(ngx_http_dify_redis_conn_t *rc)
 
     conf = rc->conf;
 
-    if (conf->naddrs == 0) {
+    if (conf->resolver != NULL) {
+        addr = rc->naddrs ? &rc->addrs[rc->addr++ % rc->naddrs] : NULL;
+
+    } else {
+        addr = conf->naddrs ? &conf->addrs[rc->addr++ % conf->naddrs] : NULL;
+    }
+
+    if (addr == NULL) {
+        ngx_http_dify_redis_close(rc);
         ngx_http_dify_redis_schedule(rc);
         return;
     }
 
-    addr = &conf->addrs[rc->addr++ % conf->naddrs];
+    /* a copy: a new answer of the resolver may replace rc->addrs */
+
+    ngx_memcpy(&rc->peer_sockaddr, addr->sockaddr, addr->socklen);
+    rc->peer_name.len = ngx_min(addr->name.len, NGX_SOCKADDR_STRLEN);
+    rc->peer_name.data = rc->peer_text;
+    ngx_memcpy(rc->peer_text, addr->name.data, rc->peer_name.len);
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rc->log, 0,
                    "dify_status redis: connecting to \"%V\" at %V",
@@ -349,9 +604,9 @@ ngx_http_dify_redis_connect(ngx_http_dify_redis_conn_t *rc)
     pc = &rc->peer;
     ngx_memzero(pc, sizeof(ngx_peer_connection_t));
 
-    pc->sockaddr = addr->sockaddr;
+    pc->sockaddr = &rc->peer_sockaddr.sockaddr;
     pc->socklen = addr->socklen;
-    pc->name = &addr->name;
+    pc->name = &rc->peer_name;
     pc->get = ngx_event_get_peer;
     pc->log = &rc->quiet;
     pc->log_error = NGX_ERROR_INFO;
@@ -363,7 +618,7 @@ ngx_http_dify_redis_connect(ngx_http_dify_redis_conn_t *rc)
         ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_NETWORK,
                                    ngx_socket_errno,
                                    "unreachable: connect() to %V failed",
-                                   &addr->name);
+                                   &rc->peer_name);
         return;
     }
 
@@ -372,18 +627,10 @@ ngx_http_dify_redis_connect(ngx_http_dify_redis_conn_t *rc)
     c = pc->connection;
 
     c->pool = ngx_create_pool(128, &rc->quiet);
-    if (c->pool == NULL) {
-        ngx_close_connection(c);
-        pc->connection = NULL;
-        ngx_http_dify_redis_schedule(rc);
-        return;
-    }
-
     rc->reader = redisReaderCreate();
-    if (rc->reader == NULL) {
-        ngx_destroy_pool(c->pool);
-        ngx_close_connection(c);
-        pc->connection = NULL;
+
+    if (c->pool == NULL || rc->reader == NULL) {
+        ngx_http_dify_redis_close(rc);
         ngx_http_dify_redis_schedule(rc);
         return;
     }
@@ -396,7 +643,6 @@ ngx_http_dify_redis_connect(ngx_http_dify_redis_conn_t *rc)
     c->write->handler = ngx_http_dify_redis_write_handler;
 
     rc->state = NGX_HTTP_DIFY_REDIS_CONNECTING;
-    rc->epoch++;
 
     if (ngx_http_dify_redis_queue_handshake(rc) != NGX_OK) {
         ngx_log_error(NGX_LOG_ALERT, rc->log, 0,
@@ -418,10 +664,36 @@ ngx_http_dify_redis_connect(ngx_http_dify_redis_conn_t *rc)
 }
 
 
-/* AUTH, SELECT, the init commands and PING, first in the queue */
+/*
+ * AUTH, SELECT, the init commands and PING, first in the queue, before
+ * the commands queued while the name was being resolved
+ */
 
 static ngx_int_t
 ngx_http_dify_redis_queue_handshake(ngx_http_dify_redis_conn_t *rc)
+{
+    ngx_queue_t  waiting;
+
+    ngx_queue_init(&waiting);
+
+    if (!ngx_queue_empty(&rc->queued)) {
+        ngx_queue_add(&waiting, &rc->queued);
+        ngx_queue_init(&rc->queued);
+    }
+
+    if (ngx_http_dify_redis_queue_handshake_cmds(rc) != NGX_OK) {
+        ngx_queue_add(&rc->queued, &waiting);
+        return NGX_ERROR;
+    }
+
+    ngx_queue_add(&rc->queued, &waiting);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_dify_redis_queue_handshake_cmds(ngx_http_dify_redis_conn_t *rc)
 {
     int                          argc;
     u_char                      *p, db[NGX_INT_T_LEN];
@@ -1028,7 +1300,9 @@ ngx_http_dify_redis_post_write(ngx_http_dify_redis_conn_t *rc)
 
     c = rc->peer.connection;
 
-    if (c == NULL || rc->state == NGX_HTTP_DIFY_REDIS_CONNECTING) {
+    if (c == NULL || rc->state == NGX_HTTP_DIFY_REDIS_CONNECTING
+        || rc->state == NGX_HTTP_DIFY_REDIS_RESOLVING)
+    {
         return;
     }
 
@@ -1115,6 +1389,11 @@ ngx_http_dify_redis_close(ngx_http_dify_redis_conn_t *rc)
 
     if (rc->handshake.timer_set) {
         ngx_del_timer(&rc->handshake);
+    }
+
+    if (rc->resolving != NULL) {
+        ngx_resolve_name_done(rc->resolving);
+        rc->resolving = NULL;
     }
 
     rc->state = NGX_HTTP_DIFY_REDIS_CLOSED;
@@ -1329,7 +1608,7 @@ ngx_http_dify_redis_reconnect_handler(ngx_event_t *ev)
     rc = ev->data;
 
     if (rc->exiting || ngx_exiting || ngx_terminate
-        || rc->peer.connection != NULL)
+        || rc->state != NGX_HTTP_DIFY_REDIS_CLOSED)
     {
         return;
     }

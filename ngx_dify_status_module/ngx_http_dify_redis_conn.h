@@ -34,6 +34,11 @@ typedef struct {
     in_port_t                  port;
     ngx_addr_t                *addrs;       /* resolved, or literal */
     ngx_uint_t                 naddrs;
+
+    /* a host name resolved in the worker before every connection */
+    ngx_resolver_t            *resolver;
+    ngx_msec_t                 resolver_timeout;
+    ngx_flag_t                 is_name;
     ngx_int_t                  db;
     ngx_str_t                  user;
     ngx_str_t                  password;

@@ -147,6 +147,8 @@ extern ngx_module_t  ngx_http_dify_status_module;
  */
 char *ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+ngx_int_t ngx_http_dify_redis_init_conf(ngx_conf_t *cf,
+    ngx_http_dify_main_conf_t *mcf);
 ngx_http_dify_redis_script_t *ngx_http_dify_redis_script(ngx_conf_t *cf,
     ngx_http_dify_redis_conf_t *rcf, const char *text);
 ngx_int_t ngx_http_dify_redis_init_process(ngx_cycle_t *cycle,
@@ -179,6 +181,7 @@ typedef enum {
     NGX_HTTP_DIFY_M_REDIS_TIMEOUTS,
     NGX_HTTP_DIFY_M_REDIS_RECONNECTS,
     NGX_HTTP_DIFY_M_REDIS_NOSCRIPT,
+    NGX_HTTP_DIFY_M_REDIS_RESOLVE_FAILURES,
     NGX_HTTP_DIFY_M_FALLBACK_ALLOW,
     NGX_HTTP_DIFY_M_FALLBACK_DENY,
     NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED,

@@ -123,7 +123,10 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
 
     { ngx_string("dify_status_redis_noscript_total"),
       ngx_string("NOSCRIPT replies; the first of a connection sends "
-                 "the limiter's script in full.") }
+                 "the limiter's script in full.") },
+
+    { ngx_string("dify_status_redis_resolve_failures_total"),
+      ngx_string("Lookups of the Redis host name that failed.") }
 };
 
 

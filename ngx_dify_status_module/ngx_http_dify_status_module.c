@@ -1102,6 +1102,10 @@ ngx_http_dify_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_http_dify_redis_init_conf(cf, mcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     if (ngx_http_dify_limit_init_conf(cf, mcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }

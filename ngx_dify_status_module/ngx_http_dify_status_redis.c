@@ -413,6 +413,63 @@ ngx_http_dify_redis_error(ngx_http_dify_redis_t *rs, redisReply *reply)
 }
 
 
+/*
+ * Once the http block is read: a host name is resolved in the workers
+ * by the http-level "resolver" when there is one (again for every new
+ * connection, and when the answer expires), otherwise now, once, as
+ * proxy_pass does.
+ */
+
+ngx_int_t
+ngx_http_dify_redis_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
+{
+    ngx_url_t                    u;
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_dify_redis_conf_t  *rcf;
+
+    rcf = mcf->redis;
+
+    if (rcf == NULL || !rcf->is_name) {
+        return NGX_OK;
+    }
+
+    /*
+     * the http level's own: the one configured there, a dummy without
+     * servers when none is (see ngx_http_core_merge_loc_conf), or NULL
+     */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->resolver != NULL && clcf->resolver->connections.nelts > 0) {
+        rcf->resolver = clcf->resolver;
+        rcf->resolver_timeout = (clcf->resolver_timeout == NGX_CONF_UNSET_MSEC)
+                                ? 30000 : clcf->resolver_timeout;
+        return NGX_OK;
+    }
+
+    /* a blocking lookup, in the master, at start and on every reload */
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = rcf->address;
+    u.default_port = NGX_HTTP_DIFY_REDIS_PORT;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "dify_status_redis: %s in \"%V\" (without a "
+                      "\"resolver\" at http level, the name is resolved "
+                      "once, at configuration time)",
+                      u.err ? u.err : "host not found", &rcf->address);
+        return NGX_ERROR;
+    }
+
+    rcf->addrs = u.addrs;
+    rcf->naddrs = u.naddrs;
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst, u_char *src,
     size_t len)
@@ -446,6 +503,8 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_str_t                   *value, s, name;
     ngx_url_t                    u;
     ngx_uint_t                   i;
+    const char                  *err;
+    dify_redis_addr_t            addr;
     ngx_http_dify_redis_conf_t  *rcf;
 
     if (mcf->redis != NULL) {
@@ -464,49 +523,46 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     rcf->timeout = NGX_HTTP_DIFY_REDIS_TIMEOUT;
     rcf->connect_timeout = NGX_HTTP_DIFY_REDIS_CONNECT;
 
-    ngx_memzero(&u, sizeof(ngx_url_t));
-
-    u.url = value[1];
-    u.default_port = NGX_HTTP_DIFY_REDIS_PORT;
-    u.no_resolve = 1;
-
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
-        if (u.err) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "%s in \"%V\"", u.err, &u.url);
-        }
-
-        return NGX_CONF_ERROR;
-    }
-
-    if (u.naddrs == 0) {
+    if (dify_redis_parse_addr((const char *) value[1].data, value[1].len,
+                              &addr, &err)
+        != 0)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\": a host name would "
-                           "need a blocking lookup in the worker, use an IP "
-                           "address or \"unix:/path\"", &value[1]);
+                           "invalid address \"%V\": %s", &value[1], err);
         return NGX_CONF_ERROR;
     }
 
-    rcf->addrs = u.addrs;
-    rcf->naddrs = u.naddrs;
-
-    if (u.family != AF_UNIX) {
-        s = u.host;
-
-        /* "[::1]": the bare address */
-
-        if (s.len > 2 && s.data[0] == '[') {
-            s.data++;
-            s.len -= 2;
-        }
-
-        if (ngx_http_dify_redis_copy(cf, &rcf->host, s.data, s.len)
+    if (addr.type != DIFY_REDIS_ADDR_UNIX) {
+        if (ngx_http_dify_redis_copy(cf, &rcf->host, (u_char *) addr.host,
+                                     addr.host_len)
             != NGX_OK)
         {
             return NGX_CONF_ERROR;
         }
 
-        rcf->port = u.port;
+        rcf->port = (in_port_t) addr.port;
+    }
+
+    if (addr.type == DIFY_REDIS_ADDR_NAME) {
+        /* resolved in init_conf, once the whole http block is known */
+        rcf->is_name = 1;
+
+    } else {
+        ngx_memzero(&u, sizeof(ngx_url_t));
+
+        u.url = value[1];
+        u.default_port = NGX_HTTP_DIFY_REDIS_PORT;
+        u.no_resolve = 1;
+
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s in \"%V\"",
+                               u.err ? u.err : "invalid address", &u.url);
+            return NGX_CONF_ERROR;
+        }
+
+        rcf->addrs = u.addrs;
+        rcf->naddrs = u.naddrs;
     }
 
     for (i = 2; i < cf->args->nelts; i++) {
