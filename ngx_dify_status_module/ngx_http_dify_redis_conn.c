@@ -48,12 +48,14 @@
 #define NGX_HTTP_DIFY_REDIS_HANDSHAKE      2
 #define NGX_HTTP_DIFY_REDIS_UP             3
 #define NGX_HTTP_DIFY_REDIS_RESOLVING      4
+#define NGX_HTTP_DIFY_REDIS_TLS            5        /* TLS handshake */
 
 /* the kind of failure last logged: each is logged once, not per attempt */
 #define NGX_HTTP_DIFY_REDIS_LOG_NONE       0
 #define NGX_HTTP_DIFY_REDIS_LOG_NETWORK    1        /* refused, lost, hung */
 #define NGX_HTTP_DIFY_REDIS_LOG_HANDSHAKE  2        /* an error reply */
 #define NGX_HTTP_DIFY_REDIS_LOG_RESOLVE    3        /* the name */
+#define NGX_HTTP_DIFY_REDIS_LOG_TLS        4        /* handshake, verify */
 
 
 struct ngx_http_dify_redis_cmd_s {
@@ -108,6 +110,14 @@ struct ngx_http_dify_redis_conn_s {
     ngx_str_t                      peer_name;
     u_char                         peer_text[NGX_SOCKADDR_STRLEN];
 
+    /* nginx's last message about the socket, for the module's own */
+    size_t                         said_len;
+    u_char                         said[256];
+
+#if (NGX_SSL)
+    ngx_ssl_session_t             *ssl_session; /* reused on reconnect */
+#endif
+
     ngx_queue_t                    queued;      /* not wholly written */
     ngx_queue_t                    pending;     /* written, oldest first */
 
@@ -132,6 +142,18 @@ static void ngx_http_dify_redis_resolve(ngx_http_dify_redis_conn_t *rc);
 static void ngx_http_dify_redis_resolved(ngx_resolver_ctx_t *ctx);
 static void ngx_http_dify_redis_refresh_handler(ngx_event_t *ev);
 static void ngx_http_dify_redis_connect_addr(ngx_http_dify_redis_conn_t *rc);
+static void ngx_http_dify_redis_connected(ngx_http_dify_redis_conn_t *rc,
+    ngx_connection_t *c);
+#if (NGX_SSL)
+static void ngx_http_dify_redis_ssl_init(ngx_http_dify_redis_conn_t *rc,
+    ngx_connection_t *c);
+static void ngx_http_dify_redis_ssl_handshaked(ngx_connection_t *c);
+static ngx_int_t ngx_http_dify_redis_ssl_verify(
+    ngx_http_dify_redis_conn_t *rc, ngx_connection_t *c);
+static void ngx_http_dify_redis_ssl_save_session(ngx_connection_t *c);
+#endif
+static void ngx_http_dify_redis_said(ngx_log_t *log, ngx_uint_t level,
+    u_char *buf, size_t len);
 static ngx_int_t ngx_http_dify_redis_queue_handshake(
     ngx_http_dify_redis_conn_t *rc);
 static ngx_int_t ngx_http_dify_redis_queue_handshake_cmds(
@@ -180,8 +202,19 @@ ngx_http_dify_redis_conn_create(ngx_cycle_t *cycle,
     rc->conf = conf;
     rc->log = cycle->log;
 
+    /*
+     * nginx's own messages about the socket (connect(), recv(), OpenSSL's
+     * reasons) are kept, not written: the module logs each failure once,
+     * with the last of them
+     */
+
     rc->quiet = *cycle->log;
-    rc->quiet.log_level = ngx_min(rc->quiet.log_level, NGX_LOG_CRIT);
+    rc->quiet.log_level = NGX_LOG_INFO;
+    rc->quiet.writer = ngx_http_dify_redis_said;
+    rc->quiet.wdata = rc;
+    rc->quiet.next = NULL;
+    rc->quiet.handler = NULL;
+    rc->quiet.action = NULL;
 
     ngx_queue_init(&rc->queued);
     ngx_queue_init(&rc->pending);
@@ -225,6 +258,13 @@ ngx_http_dify_redis_conn_close(ngx_http_dify_redis_conn_t *rc)
     }
 
     ngx_http_dify_redis_close(rc);
+
+#if (NGX_SSL)
+    if (rc->ssl_session != NULL) {
+        ngx_ssl_free_session(rc->ssl_session);
+        rc->ssl_session = NULL;
+    }
+#endif
 }
 
 
@@ -569,6 +609,7 @@ ngx_http_dify_redis_refresh_handler(ngx_event_t *ev)
 static void
 ngx_http_dify_redis_connect_addr(ngx_http_dify_redis_conn_t *rc)
 {
+    int                          n;
     ngx_int_t                    rv;
     ngx_addr_t                  *addr;
     ngx_connection_t            *c;
@@ -603,6 +644,8 @@ ngx_http_dify_redis_connect_addr(ngx_http_dify_redis_conn_t *rc)
 
     pc = &rc->peer;
     ngx_memzero(pc, sizeof(ngx_peer_connection_t));
+
+    rc->said_len = 0;
 
     pc->sockaddr = &rc->peer_sockaddr.sockaddr;
     pc->socklen = addr->socklen;
@@ -642,6 +685,21 @@ ngx_http_dify_redis_connect_addr(ngx_http_dify_redis_conn_t *rc)
     c->read->handler = ngx_http_dify_redis_read_handler;
     c->write->handler = ngx_http_dify_redis_write_handler;
 
+    /* pipelined small writes: Nagle would hold them back */
+
+    if (addr->sockaddr->sa_family != AF_UNIX) {
+        n = 1;
+
+        if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, (const void *) &n,
+                       sizeof(int))
+            == -1)
+        {
+            ngx_log_error(NGX_LOG_WARN, rc->log, ngx_socket_errno,
+                          "dify_status redis: setsockopt(TCP_NODELAY) "
+                          "failed");
+        }
+    }
+
     rc->state = NGX_HTTP_DIFY_REDIS_CONNECTING;
 
     if (ngx_http_dify_redis_queue_handshake(rc) != NGX_OK) {
@@ -658,9 +716,268 @@ ngx_http_dify_redis_connect_addr(ngx_http_dify_redis_conn_t *rc)
                             ngx_http_dify_redis_msec() + conf->connect_timeout);
 
     if (rv == NGX_OK) {
-        /* connected at once (a unix socket): write the handshake */
-        ngx_http_dify_redis_post_write(rc);
+        /* connected at once (a unix socket) */
+        ngx_http_dify_redis_connected(rc, c);
     }
+}
+
+
+/* the socket is connected: TLS first, if configured, then the handshake */
+
+static void
+ngx_http_dify_redis_connected(ngx_http_dify_redis_conn_t *rc,
+    ngx_connection_t *c)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rc->log, 0,
+                   "dify_status redis: connected to \"%V\"",
+                   &rc->conf->address);
+
+#if (NGX_SSL)
+    if (rc->conf->ssl) {
+        ngx_http_dify_redis_ssl_init(rc, c);
+        return;
+    }
+#endif
+
+    rc->state = NGX_HTTP_DIFY_REDIS_HANDSHAKE;
+
+    ngx_http_dify_redis_post_write(rc);
+}
+
+
+#if (NGX_SSL)
+
+static void
+ngx_http_dify_redis_ssl_init(ngx_http_dify_redis_conn_t *rc,
+    ngx_connection_t *c)
+{
+    u_char                      *name;
+    ngx_int_t                    rv;
+    ngx_http_dify_redis_conf_t  *conf;
+
+    conf = rc->conf;
+
+    if (ngx_ssl_create_connection(conf->ssl_ctx, c,
+                                  NGX_SSL_BUFFER|NGX_SSL_CLIENT)
+        != NGX_OK)
+    {
+        ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_TLS, 0,
+                                   "unreachable: TLS: could not create "
+                                   "the connection");
+        return;
+    }
+
+    /* SNI: a host name only, not an address (RFC 6066) */
+
+    name = conf->ssl_name.data;
+
+    if (conf->ssl_name.len
+        && ngx_inet_addr(name, conf->ssl_name.len) == INADDR_NONE
+        && ngx_strlchr(name, name + conf->ssl_name.len, ':') == NULL)
+    {
+        /* ssl_name is NUL-terminated */
+
+        if (SSL_set_tlsext_host_name(c->ssl->connection, (char *) name)
+            == 0)
+        {
+            ngx_ssl_error(NGX_LOG_ERR, rc->log, 0,
+                          "SSL_set_tlsext_host_name(\"%V\") failed",
+                          &conf->ssl_name);
+        }
+    }
+
+    c->ssl->save_session = ngx_http_dify_redis_ssl_save_session;
+
+    if (rc->ssl_session != NULL
+        && ngx_ssl_set_session(c, rc->ssl_session) != NGX_OK)
+    {
+        ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_TLS, 0,
+                                   "unreachable: TLS: could not set the "
+                                   "session");
+        return;
+    }
+
+    rc->state = NGX_HTTP_DIFY_REDIS_TLS;
+
+    /* bounded by the connection's handshake timer (connect_timeout) */
+
+    rv = ngx_ssl_handshake(c);
+
+    if (rv == NGX_AGAIN) {
+        c->ssl->handler = ngx_http_dify_redis_ssl_handshaked;
+        return;
+    }
+
+    ngx_http_dify_redis_ssl_handshaked(c);
+}
+
+
+static void
+ngx_http_dify_redis_ssl_handshaked(ngx_connection_t *c)
+{
+    ngx_http_dify_redis_conn_t  *rc;
+
+    rc = c->data;
+
+    if (!c->ssl->handshaked) {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_TLS_FAILURES);
+
+        ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_TLS, 0,
+                                   "unreachable: TLS handshake failed: %*s",
+                                   rc->said_len, rc->said);
+        return;
+    }
+
+    if (rc->conf->ssl_verify
+        && ngx_http_dify_redis_ssl_verify(rc, c) != NGX_OK)
+    {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_TLS_FAILURES);
+        return;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rc->log, 0,
+                   "dify_status redis: TLS up, session reused: %d, %s",
+                   SSL_session_reused(c->ssl->connection),
+                   SSL_get_version(c->ssl->connection));
+
+    c->read->handler = ngx_http_dify_redis_read_handler;
+    c->write->handler = ngx_http_dify_redis_write_handler;
+
+    rc->state = NGX_HTTP_DIFY_REDIS_HANDSHAKE;
+
+    c->write->ready = 1;
+    ngx_http_dify_redis_post_write(rc);
+
+    /* what came with the handshake (TLS 1.3 tickets) is read at once */
+
+    if (c->read->ready) {
+        ngx_post_event(c->read, &ngx_posted_events);
+    }
+}
+
+
+/*
+ * Verification does not fail the handshake (nginx's callback accepts
+ * every certificate): the chain, then the name, are checked here.
+ */
+
+static ngx_int_t
+ngx_http_dify_redis_ssl_verify(ngx_http_dify_redis_conn_t *rc,
+    ngx_connection_t *c)
+{
+    X509                        *cert;
+    long                         rv;
+    ngx_str_t                   *name;
+    ngx_http_dify_redis_conf_t  *conf;
+
+    conf = rc->conf;
+    name = &conf->ssl_name;
+
+    rv = SSL_get_verify_result(c->ssl->connection);
+
+    if (rv != X509_V_OK) {
+        ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_TLS, 0,
+                                   "unreachable: TLS certificate verify "
+                                   "error: (%l:%s)", rv,
+                                   X509_verify_cert_error_string(rv));
+        return NGX_ERROR;
+    }
+
+    if (ngx_inet_addr(name->data, name->len) != INADDR_NONE
+        || ngx_strlchr(name->data, name->data + name->len, ':') != NULL)
+    {
+        /* an IP address: the certificate's IP SANs */
+
+        cert = SSL_get_peer_certificate(c->ssl->connection);
+
+        if (cert != NULL
+            && X509_check_ip_asc(cert, (const char *) name->data, 0) == 1)
+        {
+            X509_free(cert);
+            return NGX_OK;
+        }
+
+        if (cert != NULL) {
+            X509_free(cert);
+        }
+
+    } else if (ngx_ssl_check_host(c, name) == NGX_OK) {
+        return NGX_OK;
+    }
+
+    ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_TLS, 0,
+                               "unreachable: TLS certificate does not "
+                               "match \"%V\"", name);
+    return NGX_ERROR;
+}
+
+
+/* the new-session callback: one session kept, for the next connection */
+
+static void
+ngx_http_dify_redis_ssl_save_session(ngx_connection_t *c)
+{
+    ngx_ssl_session_t           *session;
+    ngx_http_dify_redis_conn_t  *rc;
+
+    rc = c->data;
+
+    session = ngx_ssl_get_session(c);
+    if (session == NULL) {
+        return;
+    }
+
+    if (rc->ssl_session != NULL) {
+        ngx_ssl_free_session(rc->ssl_session);
+    }
+
+    rc->ssl_session = session;
+}
+
+#endif
+
+
+/* the quiet log's writer: keeps the message, without its prefix */
+
+static void
+ngx_http_dify_redis_said(ngx_log_t *log, ngx_uint_t level, u_char *buf,
+    size_t len)
+{
+    ngx_http_dify_redis_conn_t *rc = log->wdata;
+
+    u_char  *p, *last;
+
+    last = buf + len;
+
+    /* "2026/01/01 00:00:00 [info] 1#1: *2 message" */
+
+    p = ngx_strlchr(buf, last, ']');
+
+    if (p != NULL) {
+        p = ngx_strlchr(p, last, ':');
+    }
+
+    if (p == NULL || p + 2 > last) {
+        p = buf;
+
+    } else {
+        p += 2;
+
+        if (p < last && *p == '*') {
+            while (p < last && *p != ' ') {
+                p++;
+            }
+
+            if (p < last) {
+                p++;
+            }
+        }
+    }
+
+    /* no trailing newline: ngx_log_error_core() adds it after writers */
+
+    rc->said_len = ngx_min((size_t) (last - p), sizeof(rc->said));
+    ngx_memcpy(rc->said, p, rc->said_len);
 }
 
 
@@ -932,6 +1249,11 @@ ngx_http_dify_redis_read_handler(ngx_event_t *rev)
         }
     }
 
+    if (rc->state == NGX_HTTP_DIFY_REDIS_TLS) {
+        /* the TLS handshake's handlers took over */
+        return;
+    }
+
     if (ngx_http_dify_redis_read(rc) != NGX_OK) {
         return;
     }
@@ -958,6 +1280,11 @@ ngx_http_dify_redis_write_handler(ngx_event_t *wev)
         if (ngx_http_dify_redis_test_connect(rc, c) != NGX_OK) {
             return;
         }
+    }
+
+    if (rc->state == NGX_HTTP_DIFY_REDIS_TLS) {
+        /* the TLS handshake's handlers took over */
+        return;
     }
 
     (void) ngx_http_dify_redis_write(rc);
@@ -1006,20 +1333,16 @@ ngx_http_dify_redis_test_connect(ngx_http_dify_redis_conn_t *rc,
         }
     }
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rc->log, 0,
-                   "dify_status redis: connected to \"%V\"",
-                   &rc->conf->address);
-
-    rc->state = NGX_HTTP_DIFY_REDIS_HANDSHAKE;
-
     if (!c->write->ready) {
         /* the read handler learnt it first: the socket takes bytes */
         c->write->ready = 1;
     }
 
-    ngx_http_dify_redis_post_write(rc);
+    ngx_http_dify_redis_connected(rc, c);
 
-    return NGX_OK;
+    /* TLS may have failed already */
+
+    return rc->peer.connection == c ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -1100,8 +1423,9 @@ ngx_http_dify_redis_read(ngx_http_dify_redis_conn_t *rc)
             > NGX_HTTP_DIFY_REDIS_MAX_UNPARSED)
         {
             ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_NETWORK, 0,
-                                       "lost: a reply of more than %uz bytes",
-                                       (size_t) NGX_HTTP_DIFY_REDIS_MAX_UNPARSED);
+                                       "lost: a reply of more than %uz "
+                                       "bytes", (size_t)
+                                       NGX_HTTP_DIFY_REDIS_MAX_UNPARSED);
             return NGX_ERROR;
         }
     }
@@ -1301,7 +1625,8 @@ ngx_http_dify_redis_post_write(ngx_http_dify_redis_conn_t *rc)
     c = rc->peer.connection;
 
     if (c == NULL || rc->state == NGX_HTTP_DIFY_REDIS_CONNECTING
-        || rc->state == NGX_HTTP_DIFY_REDIS_RESOLVING)
+        || rc->state == NGX_HTTP_DIFY_REDIS_RESOLVING
+        || rc->state == NGX_HTTP_DIFY_REDIS_TLS)
     {
         return;
     }
@@ -1334,6 +1659,14 @@ ngx_http_dify_redis_failed(ngx_http_dify_redis_conn_t *rc, ngx_uint_t kind,
 
     if (err) {
         p = ngx_log_errno(p, last, err);
+    }
+
+    /* over TLS, OpenSSL's reason, as nginx logged it */
+
+    if (rc->conf->ssl && kind == NGX_HTTP_DIFY_REDIS_LOG_NETWORK
+        && rc->said_len && rc->state != NGX_HTTP_DIFY_REDIS_TLS)
+    {
+        p = ngx_slprintf(p, last, ", %*s", rc->said_len, rc->said);
     }
 
     if (rc->exiting) {
@@ -1372,6 +1705,16 @@ ngx_http_dify_redis_close(ngx_http_dify_redis_conn_t *rc)
     if (c != NULL) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rc->log, 0,
                        "dify_status redis: close fd:%d", c->fd);
+
+#if (NGX_SSL)
+        if (c->ssl) {
+            /* quiet and synchronous: SSL_free() now */
+            c->ssl->no_wait_shutdown = 1;
+            c->ssl->no_send_shutdown = 1;
+
+            (void) ngx_ssl_shutdown(c);
+        }
+#endif
 
         if (c->pool) {
             ngx_destroy_pool(c->pool);
@@ -1488,7 +1831,10 @@ ngx_http_dify_redis_timeout_handler(ngx_event_t *ev)
     rc->expiring = cmd;
     stuck = 0;
 
-    if (c != NULL && rc->state != NGX_HTTP_DIFY_REDIS_CONNECTING) {
+    if (c != NULL
+        && (rc->state == NGX_HTTP_DIFY_REDIS_HANDSHAKE
+            || rc->state == NGX_HTTP_DIFY_REDIS_UP))
+    {
 
         if (!ngx_queue_empty(&rc->queued)) {
             if (c->write->ready) {
@@ -1631,6 +1977,15 @@ ngx_http_dify_redis_handshake_timeout(ngx_event_t *ev)
     }
 
     /* a Redis that accepts connections but does not answer, or no SYN-ACK */
+
+    if (rc->state == NGX_HTTP_DIFY_REDIS_TLS) {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_TLS_FAILURES);
+
+        ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_TLS, 0,
+                                   "unreachable: TLS handshake: no answer "
+                                   "in %M ms", rc->conf->connect_timeout);
+        return;
+    }
 
     ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_NETWORK, 0,
                                "unreachable: no answer in %M ms",

@@ -47,6 +47,13 @@ typedef struct {
 
     /* of ngx_str_t: formatted commands sent after AUTH and SELECT */
     ngx_array_t               *init;
+
+    ngx_flag_t                 ssl;
+#if (NGX_SSL)
+    ngx_ssl_t                 *ssl_ctx;
+    ngx_flag_t                 ssl_verify;
+    ngx_str_t                  ssl_name;    /* verified, and SNI */
+#endif
 } ngx_http_dify_redis_conf_t;
 
 

@@ -83,6 +83,13 @@ typedef struct {
     ngx_flag_t                 limit_used;
     ngx_http_dify_redis_script_t *script;   /* the limiter's */
     ngx_http_dify_redis_t     *rs;          /* per worker */
+
+    /* dify_status_redis_ssl_* */
+    ngx_flag_t                 ssl_verify;
+    ngx_str_t                  ssl_trusted_certificate;
+    ngx_str_t                  ssl_name;
+    ngx_str_t                  ssl_certificate;
+    ngx_str_t                  ssl_certificate_key;
 } ngx_http_dify_main_conf_t;
 
 
@@ -182,6 +189,7 @@ typedef enum {
     NGX_HTTP_DIFY_M_REDIS_RECONNECTS,
     NGX_HTTP_DIFY_M_REDIS_NOSCRIPT,
     NGX_HTTP_DIFY_M_REDIS_RESOLVE_FAILURES,
+    NGX_HTTP_DIFY_M_REDIS_TLS_FAILURES,
     NGX_HTTP_DIFY_M_FALLBACK_ALLOW,
     NGX_HTTP_DIFY_M_FALLBACK_DENY,
     NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED,

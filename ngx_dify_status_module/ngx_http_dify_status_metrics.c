@@ -126,7 +126,11 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
                  "the limiter's script in full.") },
 
     { ngx_string("dify_status_redis_resolve_failures_total"),
-      ngx_string("Lookups of the Redis host name that failed.") }
+      ngx_string("Lookups of the Redis host name that failed.") },
+
+    { ngx_string("dify_status_redis_tls_failures_total"),
+      ngx_string("TLS handshakes with Redis that failed, or whose "
+                 "certificate was refused.") }
 };
 
 

@@ -165,6 +165,41 @@ static ngx_command_t  ngx_http_dify_commands[] = {
       0,
       NULL },
 
+    { ngx_string("dify_status_redis_ssl_verify"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dify_main_conf_t, ssl_verify),
+      NULL },
+
+    { ngx_string("dify_status_redis_ssl_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dify_main_conf_t, ssl_trusted_certificate),
+      NULL },
+
+    { ngx_string("dify_status_redis_ssl_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dify_main_conf_t, ssl_name),
+      NULL },
+
+    { ngx_string("dify_status_redis_ssl_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dify_main_conf_t, ssl_certificate),
+      NULL },
+
+    { ngx_string("dify_status_redis_ssl_certificate_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dify_main_conf_t, ssl_certificate_key),
+      NULL },
+
     { ngx_string("dify_status_redis_prefix"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -1076,9 +1111,14 @@ ngx_http_dify_create_main_conf(ngx_conf_t *cf)
      *     mcf->redis = NULL;
      *     mcf->shm_zone = NULL;
      *     mcf->metrics_zone = NULL;
+     *     mcf->ssl_trusted_certificate = { 0, NULL };
+     *     mcf->ssl_name = { 0, NULL };
+     *     mcf->ssl_certificate = { 0, NULL };
+     *     mcf->ssl_certificate_key = { 0, NULL };
      */
 
     mcf->shm_size = NGX_CONF_UNSET_SIZE;
+    mcf->ssl_verify = NGX_CONF_UNSET;
 
     return mcf;
 }

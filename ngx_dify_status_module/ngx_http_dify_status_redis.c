@@ -64,6 +64,10 @@ static void ngx_http_dify_redis_error(ngx_http_dify_redis_t *rs,
     redisReply *reply);
 static ngx_int_t ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst,
     u_char *src, size_t len);
+#if (NGX_SSL)
+static ngx_int_t ngx_http_dify_redis_set_ssl(ngx_conf_t *cf,
+    ngx_http_dify_main_conf_t *mcf, ngx_http_dify_redis_conf_t *rcf);
+#endif
 
 
 ngx_int_t
@@ -427,9 +431,28 @@ ngx_http_dify_redis_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
     ngx_http_core_loc_conf_t    *clcf;
     ngx_http_dify_redis_conf_t  *rcf;
 
+    ngx_conf_init_value(mcf->ssl_verify, 1);
+
     rcf = mcf->redis;
 
-    if (rcf == NULL || !rcf->is_name) {
+    if (rcf == NULL) {
+        return NGX_OK;
+    }
+
+    if (rcf->ssl) {
+#if (NGX_SSL)
+        if (ngx_http_dify_redis_set_ssl(cf, mcf, rcf) != NGX_OK) {
+            return NGX_ERROR;
+        }
+#else
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "dify_status_redis: \"ssl\" needs nginx built with "
+                           "OpenSSL");
+        return NGX_ERROR;
+#endif
+    }
+
+    if (!rcf->is_name) {
         return NGX_OK;
     }
 
@@ -455,11 +478,11 @@ ngx_http_dify_redis_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
     u.default_port = NGX_HTTP_DIFY_REDIS_PORT;
 
     if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "dify_status_redis: %s in \"%V\" (without a "
-                      "\"resolver\" at http level, the name is resolved "
-                      "once, at configuration time)",
-                      u.err ? u.err : "host not found", &rcf->address);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "dify_status_redis: %s in \"%V\" (without a "
+                           "\"resolver\" at http level, the name is resolved "
+                           "once, at configuration time)",
+                           u.err ? u.err : "host not found", &rcf->address);
         return NGX_ERROR;
     }
 
@@ -468,6 +491,126 @@ ngx_http_dify_redis_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
 
     return NGX_OK;
 }
+
+
+#if (NGX_SSL)
+
+/* the client's TLS context, as proxy_ssl_* makes it */
+
+static ngx_int_t
+ngx_http_dify_redis_set_ssl(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf,
+    ngx_http_dify_redis_conf_t *rcf)
+{
+    ngx_str_t            ciphers, empty, *name;
+    ngx_ssl_t           *ssl;
+    ngx_pool_cleanup_t  *cln;
+
+    ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    if (ssl == NULL) {
+        return NGX_ERROR;
+    }
+
+    ssl->log = cf->log;
+
+    if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+
+    ngx_str_set(&ciphers, "DEFAULT");
+
+    if (ngx_ssl_ciphers(cf, ssl, &ciphers, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (mcf->ssl_certificate.len) {
+
+        if (mcf->ssl_certificate_key.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "no \"dify_status_redis_ssl_certificate_key\" "
+                               "for \"dify_status_redis_ssl_certificate\" "
+                               "\"%V\"", &mcf->ssl_certificate);
+            return NGX_ERROR;
+        }
+
+        if (ngx_ssl_certificate(cf, ssl, &mcf->ssl_certificate,
+                                &mcf->ssl_certificate_key, NULL)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    rcf->ssl_verify = mcf->ssl_verify;
+
+    if (rcf->ssl_verify) {
+
+        /* depth 9: managed Redis certificates come with intermediates */
+
+        if (mcf->ssl_trusted_certificate.len) {
+            if (ngx_ssl_trusted_certificate(cf, ssl,
+                                            &mcf->ssl_trusted_certificate, 9)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+        } else {
+            /* nginx loads no CA by itself: the system's store */
+
+            ngx_str_null(&empty);
+
+            if (ngx_ssl_trusted_certificate(cf, ssl, &empty, 9) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            if (SSL_CTX_set_default_verify_paths(ssl->ctx) != 1) {
+                ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                              "SSL_CTX_set_default_verify_paths() failed");
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    if (ngx_ssl_client_session_cache(cf, ssl, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* the name verified and sent as SNI: the address's host by default */
+
+    name = mcf->ssl_name.len ? &mcf->ssl_name : &rcf->host;
+
+    if (ngx_http_dify_redis_copy(cf, &rcf->ssl_name, name->data, name->len)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (rcf->ssl_verify && rcf->ssl_name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "dify_status_redis \"%V\": a unix socket with "
+                           "\"ssl\" needs \"dify_status_redis_ssl_name\" "
+                           "to verify",
+                           &rcf->address);
+        return NGX_ERROR;
+    }
+
+    rcf->ssl_ctx = ssl;
+
+    return NGX_OK;
+}
+
+#endif
 
 
 static ngx_int_t
@@ -489,7 +632,7 @@ ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst, u_char *src,
 
 
 /*
- * dify_status_redis address [db=N] [user=name] [password=secret]
+ * dify_status_redis address [ssl] [db=N] [user=name] [password=secret]
  *     [timeout=time] [connect_timeout=time];
  */
 
@@ -566,6 +709,11 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strcmp(value[i].data, "ssl") == 0) {
+            rcf->ssl = 1;
+            continue;
+        }
 
         if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
 
