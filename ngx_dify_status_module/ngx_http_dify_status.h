@@ -38,6 +38,7 @@ typedef enum {
     NGX_HTTP_DIFY_TOO_MANY_REQUESTS,    /* dify_status_limit_status */
     NGX_HTTP_DIFY_FORBIDDEN,            /* 403 */
     NGX_HTTP_DIFY_UNAVAILABLE,          /* 503 */
+    NGX_HTTP_DIFY_INTERNAL_ERROR,       /* 500, the module failed */
     NGX_HTTP_DIFY_NCODES
 } ngx_http_dify_code_e;
 
@@ -53,8 +54,55 @@ typedef enum {
     NGX_HTTP_DIFY_OUTCOME_FB_ALLOWED,   /* Redis failed, let through */
     NGX_HTTP_DIFY_OUTCOME_FB_DENIED,    /* Redis failed, row 9 */
     NGX_HTTP_DIFY_OUTCOME_FB_PASSED,    /* Redis failed, local limit ok */
-    NGX_HTTP_DIFY_OUTCOME_FB_LIMITED    /* Redis failed, local limit hit */
+    NGX_HTTP_DIFY_OUTCOME_FB_LIMITED,   /* Redis failed, local limit hit */
+    NGX_HTTP_DIFY_OUTCOME_FAILED        /* the module failed: 500 */
 } ngx_http_dify_outcome_e;
+
+
+/*
+ * Where a checked request is.  The phase handler runs again whenever the
+ * phases run again for the request: when the limiter resumes it, after
+ * an internal redirect (error_page, try_files, X-Accel-Redirect,
+ * post_action), and when nginx finalizes the request behind the
+ * module's back while the module still waits, refusing the body
+ * (malformed chunked encoding, past client_max_body_size, more HTTP/2
+ * data than declared, a temporary file it cannot write), and an
+ * error_page sends it to another location.  Each entry is decided by
+ * the state alone, in whatever location it happens, with any method
+ * (an error_page to a URI turns the PATCH into a GET):
+ *
+ *   NEW       the context is created, the header checks run at once:
+ *             -> DECIDED, or BODY
+ *   BODY      the body is being read:
+ *             the body handler -> DECIDED (rows 5-7, or the limiter
+ *             decided at once), or LIMIT;
+ *             an entry (nginx refused the body) -> REJECTED, FAILED
+ *   LIMIT     a Redis reply or the timer is due (ctx->wait):
+ *             the wait handler -> DECIDED;
+ *             an entry (nginx finalized the request meanwhile, which
+ *             nginx 1.22 does not do) -> REJECTED, FAILED
+ *   DECIDED   the verdict is in ctx->status and ctx->outcome:
+ *             the next entry -> PASSED, REJECTED, FAILED
+ *   PASSED    declined: every later entry declines, the request was
+ *             checked once, where it arrived
+ *   REJECTED  ctx->status was answered: every later entry answers it
+ *             again, directly, and never declines
+ *   FAILED    the module failed, or nginx did reading the body, and
+ *             a 500 was answered: the same
+ *
+ * A client that goes away or times out while the module waits ends the
+ * request on the spot (ngx_http_terminate_request()): no entry follows,
+ * the pool cleanup cancels what is pending.
+ */
+typedef enum {
+    NGX_HTTP_DIFY_STATE_NEW = 0,
+    NGX_HTTP_DIFY_STATE_BODY,
+    NGX_HTTP_DIFY_STATE_LIMIT,
+    NGX_HTTP_DIFY_STATE_DECIDED,
+    NGX_HTTP_DIFY_STATE_PASSED,
+    NGX_HTTP_DIFY_STATE_REJECTED,
+    NGX_HTTP_DIFY_STATE_FAILED
+} ngx_http_dify_state_e;
 
 
 #define NGX_HTTP_DIFY_FALLBACK_ALLOW  0
@@ -115,9 +163,11 @@ typedef struct {
 
 
 typedef struct {
+    ngx_uint_t                 state;               /* _STATE_* */
     ngx_uint_t                 outcome;             /* _OUTCOME_* */
     ngx_uint_t                 code;                /* when rejected */
     ngx_uint_t                 status;              /* when rejected */
+    off_t                      max_body;            /* client_max_body_size */
 
     ngx_str_t                  dataset_id;
     ngx_str_t                  action;
@@ -130,13 +180,11 @@ typedef struct {
     uint64_t                   cost;
 
     ngx_http_dify_redis_req_t *cmd;                 /* a pending command */
-    ngx_event_t                wait;                /* timer and resume */
+    ngx_event_t                wait;                /* posted: resume */
     ngx_http_request_t        *request;
 
-    unsigned                   waiting:1;           /* body or Redis */
     unsigned                   has_key:1;
     unsigned                   has_gcra:1;
-    unsigned                   sent:1;              /* verdict acted on */
     unsigned                   headers_added:1;
 } ngx_http_dify_ctx_t;
 
@@ -215,12 +263,11 @@ char *ngx_http_dify_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 /*
  * Decides the limit for a validated request.  Returns NGX_OK when the
  * verdict is known at once (ctx->outcome set), NGX_AGAIN when a Redis
- * reply is awaited: the request is then resumed through ctx->wait.
+ * reply is awaited: once decided (the reply, or the fallback when none
+ * came within the Redis timeout), ctx->wait is posted to resume the
+ * request.  A pending command is cancelled through ctx->cmd.
  */
 ngx_int_t ngx_http_dify_limit_start(ngx_http_request_t *r,
-    ngx_http_dify_ctx_t *ctx);
-/* the timer of a pending Redis reply fired: take the fallback */
-void ngx_http_dify_limit_timeout(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx);
 /* adds the RateLimit fields to r->headers_out when configured */
 ngx_int_t ngx_http_dify_limit_headers(ngx_http_request_t *r,
@@ -239,8 +286,6 @@ ngx_http_dify_ctx_t *ngx_http_dify_get_ctx(ngx_http_request_t *r);
 /* records a rejection: the phase handler sends it */
 void ngx_http_dify_reject(ngx_http_dify_ctx_t *ctx, ngx_uint_t code,
     ngx_uint_t status, const char *message, size_t len);
-ngx_table_elt_t *ngx_http_dify_find_header(ngx_http_request_t *r,
-    const char *name);
 extern const ngx_str_t  ngx_http_dify_codes[NGX_HTTP_DIFY_NCODES];
 
 

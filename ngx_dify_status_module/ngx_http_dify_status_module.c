@@ -30,6 +30,8 @@
     "Access token is invalid"
 #define NGX_HTTP_DIFY_MSG_BAD_REQUEST                                        \
     "Invalid JSON payload received or JSON payload is empty."
+#define NGX_HTTP_DIFY_MSG_BAD_BODY                                           \
+    "The request body is malformed."
 
 
 static ngx_int_t ngx_http_dify_handler(ngx_http_request_t *r);
@@ -44,7 +46,14 @@ static ngx_int_t ngx_http_dify_check_body(ngx_http_request_t *r,
 static u_char *ngx_http_dify_body_bytes(ngx_http_request_t *r,
     size_t max, size_t *len);
 static ngx_int_t ngx_http_dify_verdict(ngx_http_request_t *r,
-    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx);
+    ngx_http_dify_ctx_t *ctx);
+static ngx_int_t ngx_http_dify_answer(ngx_http_request_t *r,
+    ngx_http_dify_ctx_t *ctx);
+static void ngx_http_dify_refused(ngx_http_request_t *r,
+    ngx_http_dify_ctx_t *ctx);
+static ngx_uint_t ngx_http_dify_refusal(ngx_http_request_t *r,
+    ngx_http_dify_ctx_t *ctx);
+static void ngx_http_dify_fail(ngx_http_dify_ctx_t *ctx);
 static ngx_int_t ngx_http_dify_send(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx);
 static void ngx_http_dify_wait_handler(ngx_event_t *ev);
@@ -74,7 +83,8 @@ const ngx_str_t  ngx_http_dify_codes[NGX_HTTP_DIFY_NCODES] = {
     ngx_string("invalid_param"),
     ngx_string("too_many_requests"),
     ngx_string("forbidden"),
-    ngx_string("service_unavailable")
+    ngx_string("service_unavailable"),
+    ngx_string("internal_server_error")
 };
 
 
@@ -342,22 +352,27 @@ ngx_http_dify_handler(ngx_http_request_t *r)
     dify_str_t                 dataset_id, action;
     ngx_pool_cleanup_t        *cln;
     ngx_http_dify_ctx_t       *ctx;
+    ngx_http_core_loc_conf_t  *clcf;
     ngx_http_dify_loc_conf_t  *dlcf;
 
-    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
-
-    if (!dlcf->enable || r->method != NGX_HTTP_PATCH || r != r->main) {
+    if (r != r->main) {
         return NGX_DECLINED;
     }
 
     ctx = ngx_http_dify_get_ctx(r);
 
     if (ctx != NULL) {
-        if (ctx->waiting) {
-            return NGX_AGAIN;
-        }
+        /*
+         * a later entry: the state decides, whatever the location, its
+         * dify_status and the method now are
+         */
+        return ngx_http_dify_verdict(r, ctx);
+    }
 
-        return ngx_http_dify_verdict(r, dlcf, ctx);
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
+
+    if (!dlcf->enable || r->method != NGX_HTTP_PATCH) {
+        return NGX_DECLINED;
     }
 
     if (!dify_route_match(r->uri.data, r->uri.len, &dataset_id, &action)) {
@@ -385,6 +400,12 @@ ngx_http_dify_handler(ngx_http_request_t *r)
     cln->handler = ngx_http_dify_cleanup;
     cln->data = ctx;
 
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     ctx->state = NGX_HTTP_DIFY_STATE_NEW;
+     */
+
     ctx->request = r;
     ctx->wait.handler = ngx_http_dify_wait_handler;
     ctx->wait.data = r;
@@ -397,14 +418,24 @@ ngx_http_dify_handler(ngx_http_request_t *r)
     if (ngx_http_dify_check_headers(r, dlcf, ctx, &dataset_id, &action)
         != NGX_OK)
     {
-        return ngx_http_dify_verdict(r, dlcf, ctx);
+        ctx->state = NGX_HTTP_DIFY_STATE_DECIDED;
+        return ngx_http_dify_verdict(r, ctx);
     }
 
-    ctx->waiting = 1;
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    ctx->state = NGX_HTTP_DIFY_STATE_BODY;
+    ctx->max_body = clcf->client_max_body_size;
 
     rc = ngx_http_read_client_request_body(r, ngx_http_dify_body_handler);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        /*
+         * nginx refused the body at once: its answer, as for any request
+         * it refuses; the status is kept for the entry that an error_page
+         * may bring
+         */
+        ctx->status = rc;
         return rc;
     }
 
@@ -605,13 +636,14 @@ ngx_http_dify_body_handler(ngx_http_request_t *r)
 
         if (rc == NGX_AGAIN) {
             /* a Redis reply or the timer resumes the request */
+            ctx->state = NGX_HTTP_DIFY_STATE_LIMIT;
             r->read_event_handler = ngx_http_test_reading;
             r->write_event_handler = ngx_http_request_empty_handler;
             return;
         }
     }
 
-    ctx->waiting = 0;
+    ctx->state = NGX_HTTP_DIFY_STATE_DECIDED;
 
     r->write_event_handler = ngx_http_core_run_phases;
     ngx_http_core_run_phases(r);
@@ -787,42 +819,64 @@ ngx_http_dify_reject(ngx_http_dify_ctx_t *ctx, ngx_uint_t code,
 
 
 /*
- * The phase handler's answer once the verdict is known: on to the next
- * handler, or the JSON rejection.
+ * Every entry of the phase handler after the first: the state decides
+ * (see ngx_http_dify_state_e).  A DECIDED request is acted on here: on
+ * to the next handler, or the JSON answer.
  */
 
 static ngx_int_t
-ngx_http_dify_verdict(ngx_http_request_t *r, ngx_http_dify_loc_conf_t *dlcf,
-    ngx_http_dify_ctx_t *ctx)
+ngx_http_dify_verdict(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
 {
-    ngx_int_t  rc;
+    ngx_http_dify_loc_conf_t  *dlcf;
 
-    if (ctx->sent) {
-        /* an internal redirect after the answer: checked once only */
+    switch (ctx->state) {
+
+    case NGX_HTTP_DIFY_STATE_PASSED:
+        /* checked once, where it arrived: on to a fallback, say */
         return NGX_DECLINED;
-    }
 
-    ctx->sent = 1;
+    case NGX_HTTP_DIFY_STATE_REJECTED:
+    case NGX_HTTP_DIFY_STATE_FAILED:
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "dify_status: %ui again", ctx->status);
 
-    if (ctx->status == NGX_HTTP_INTERNAL_SERVER_ERROR) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+        return ngx_http_dify_answer(r, ctx);
 
-    if (ctx->status == 0) {
-        /* passed, limited in dry run, or let through by the fallback */
+    case NGX_HTTP_DIFY_STATE_BODY:
+    case NGX_HTTP_DIFY_STATE_LIMIT:
+        /* nginx finalized the request while the module waited */
+        ngx_http_dify_refused(r, ctx);
+        break;
 
-        if (ctx->outcome == NGX_HTTP_DIFY_OUTCOME_PASSED
-            || ctx->outcome == NGX_HTTP_DIFY_OUTCOME_DRY_RUN
-            || ctx->outcome == NGX_HTTP_DIFY_OUTCOME_FB_ALLOWED
-            || ctx->outcome == NGX_HTTP_DIFY_OUTCOME_FB_PASSED)
-        {
-            ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_PASSED);
+    default: /* NGX_HTTP_DIFY_STATE_DECIDED */
+
+        if (ctx->status == NGX_HTTP_INTERNAL_SERVER_ERROR) {
+            ngx_http_dify_fail(ctx);
+            break;
         }
 
-        return NGX_DECLINED;
+        if (ctx->status == 0) {
+            /* passed, limited in dry run, or let through by the fallback */
+
+            ctx->state = NGX_HTTP_DIFY_STATE_PASSED;
+
+            if (ctx->outcome == NGX_HTTP_DIFY_OUTCOME_PASSED
+                || ctx->outcome == NGX_HTTP_DIFY_OUTCOME_DRY_RUN
+                || ctx->outcome == NGX_HTTP_DIFY_OUTCOME_FB_ALLOWED
+                || ctx->outcome == NGX_HTTP_DIFY_OUTCOME_FB_PASSED)
+            {
+                ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_PASSED);
+            }
+
+            return NGX_DECLINED;
+        }
+
+        ctx->state = NGX_HTTP_DIFY_STATE_REJECTED;
     }
 
     ngx_http_dify_metrics_rejected(ctx->code, ctx->status);
+
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
 
     if (ctx->has_key) {
         ngx_log_error(dlcf->log_level, r->connection->log, 0,
@@ -838,10 +892,143 @@ ngx_http_dify_verdict(ngx_http_request_t *r, ngx_http_dify_loc_conf_t *dlcf,
                       ctx->message_len, ctx->message);
     }
 
+    return ngx_http_dify_answer(r, ctx);
+}
+
+
+/*
+ * The answer of a REJECTED or FAILED request, sent by the module itself:
+ * never an error_page's, whose "=code" would change its status.
+ */
+
+static ngx_int_t
+ngx_http_dify_answer(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+
+    if (r->header_sent) {
+        /*
+         * post_action after the answer, or nginx finalizing the request
+         * again once it was sent: nothing more goes out, nothing on
+         */
+        return NGX_ERROR;
+    }
+
     rc = ngx_http_dify_send(r, ctx);
 
     ngx_http_finalize_request(r, rc);
     return NGX_DONE;
+}
+
+
+/*
+ * nginx refused the request while the module waited for its body (or
+ * finalized it while the limiter was asked), and an error_page brought
+ * it here: the module answers it (400, 413 or 500), never declines it.
+ */
+
+static void
+ngx_http_dify_refused(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
+{
+    u_char      *p;
+    ngx_uint_t   status;
+    u_char       msg[DIFY_BODY_MESSAGE_LEN];
+
+    /* a Redis reply or the limiter's timer would come too late */
+    ngx_http_dify_cleanup(ctx);
+
+    status = ngx_http_dify_refusal(r, ctx);
+
+    switch (status) {
+
+    case NGX_HTTP_BAD_REQUEST:
+        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_BAD_REQUEST,
+                             NGX_HTTP_BAD_REQUEST,
+                             NGX_HTTP_DIFY_MSG_BAD_BODY, 0);
+        break;
+
+    case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
+        p = ngx_snprintf(msg, sizeof(msg),
+                         "Request body must not be larger than %O bytes.",
+                         ctx->max_body);
+
+        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_TOO_LARGE,
+                             NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                             (const char *) msg, p - msg);
+        break;
+
+    default:
+        ngx_http_dify_fail(ctx);
+        return;
+    }
+
+    ctx->state = NGX_HTTP_DIFY_STATE_REJECTED;
+}
+
+
+/*
+ * Why nginx refused the request: the status the body read returned at
+ * once, when it did.  Otherwise nginx keeps no trace of it when the
+ * error_page has "=" or "=code", and what it counted tells its reasons
+ * apart (ngx_http_request_body_chunked_filter(),
+ * ngx_http_v2_filter_request_body()).  A client that went away or timed
+ * out never comes here: nginx ends such a request on the spot.
+ */
+
+static ngx_uint_t
+ngx_http_dify_refusal(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
+{
+    off_t                     size;
+    ngx_http_request_body_t  *rb;
+
+    rb = r->request_body;
+
+    if (ctx->status != 0 || rb == NULL) {
+        return ctx->status;
+    }
+
+#if (NGX_HTTP_V2)
+    if (r->stream) {
+        size = r->headers_in.content_length_n;
+
+        if (size == -1) {
+            /* no length declared: past client_max_body_size */
+            return (ctx->max_body && rb->received > ctx->max_body)
+                   ? NGX_HTTP_REQUEST_ENTITY_TOO_LARGE : 0;
+        }
+
+        /* more than declared, or the stream ended short of it */
+        return (rb->received > size
+                || (r->stream->in_closed && rb->received < size))
+               ? NGX_HTTP_BAD_REQUEST : 0;
+    }
+#endif
+
+    if (r->headers_in.chunked && rb->chunked != NULL) {
+        /* a chunk past client_max_body_size, or else a malformed one */
+        size = r->headers_in.content_length_n + rb->chunked->size;
+
+        return (ctx->max_body && size > ctx->max_body)
+               ? NGX_HTTP_REQUEST_ENTITY_TOO_LARGE : NGX_HTTP_BAD_REQUEST;
+    }
+
+    /* a body of a declared length: refused only when nginx failed */
+
+    return 0;
+}
+
+
+/* the module could not decide: Dify's own answer to a failure */
+
+static void
+ngx_http_dify_fail(ngx_http_dify_ctx_t *ctx)
+{
+    ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_INTERNAL_ERROR,
+                         NGX_HTTP_INTERNAL_SERVER_ERROR,
+                         "Internal Server Error", 0);
+
+    ctx->outcome = NGX_HTTP_DIFY_OUTCOME_FAILED;
+    ctx->state = NGX_HTTP_DIFY_STATE_FAILED;
 }
 
 
@@ -858,11 +1045,16 @@ ngx_http_dify_send(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
     /* an answer before the body was read: nginx's own 413 does the same */
     r->expect_tested = 1;
 
-    rc = ngx_http_discard_request_body(r);
-
-    if (rc != NGX_OK) {
-        return rc;
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        /*
+         * a malformed chunked body: answered all the same, as nginx's
+         * special responses are, and the connection closed
+         */
+        r->keepalive = 0;
     }
+
+    /* the module's status, not an error_page's "=code" */
+    r->err_status = 0;
 
     if (ctx->status == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
         r->keepalive = 0;
@@ -945,7 +1137,7 @@ ngx_http_dify_wait_handler(ngx_event_t *ev)
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "dify_status wait handler");
 
-    ctx->waiting = 0;
+    ctx->state = NGX_HTTP_DIFY_STATE_DECIDED;
 
     r->read_event_handler = ngx_http_block_reading;
     r->write_event_handler = ngx_http_core_run_phases;
@@ -997,45 +1189,6 @@ ngx_http_dify_get_ctx(ngx_http_request_t *r)
             ctx = cln->data;
             ngx_http_set_ctx(r, ctx, ngx_http_dify_status_module);
             return ctx;
-        }
-    }
-
-    return NULL;
-}
-
-
-ngx_table_elt_t *
-ngx_http_dify_find_header(ngx_http_request_t *r, const char *name)
-{
-    size_t            len;
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    len = ngx_strlen(name);
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].hash == 0) {
-            continue;
-        }
-
-        if (h[i].key.len == len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
-        {
-            return &h[i];
         }
     }
 

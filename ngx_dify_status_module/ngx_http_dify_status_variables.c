@@ -78,7 +78,8 @@ static ngx_str_t  ngx_http_dify_outcomes[] = {
     ngx_string("fallback_allowed"),
     ngx_string("fallback_denied"),
     ngx_string("fallback_passed"),
-    ngx_string("fallback_limited")
+    ngx_string("fallback_limited"),
+    ngx_string("failed")
 };
 
 
@@ -130,6 +131,7 @@ ngx_http_dify_variable_code(ngx_http_request_t *r,
     case NGX_HTTP_DIFY_OUTCOME_BLOCKED:
     case NGX_HTTP_DIFY_OUTCOME_FB_DENIED:
     case NGX_HTTP_DIFY_OUTCOME_FB_LIMITED:
+    case NGX_HTTP_DIFY_OUTCOME_FAILED:
         code = ctx->code;
         break;
 
@@ -192,12 +194,14 @@ ngx_http_dify_variable_documents(ngx_http_request_t *r,
 
     /*
      * the count is known once the body has passed validation, that is
-     * for every outcome but "rejected" (rows 1-7 of the contract)
+     * for every outcome but "rejected" (rows 1-7 of the contract) and
+     * "failed"
      */
 
     if (ctx == NULL
         || ctx->outcome == NGX_HTTP_DIFY_OUTCOME_NONE
-        || ctx->outcome == NGX_HTTP_DIFY_OUTCOME_REJECTED)
+        || ctx->outcome == NGX_HTTP_DIFY_OUTCOME_REJECTED
+        || ctx->outcome == NGX_HTTP_DIFY_OUTCOME_FAILED)
     {
         v->not_found = 1;
         return NGX_OK;

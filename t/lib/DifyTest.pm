@@ -69,7 +69,8 @@ test dies.
   $t->start_nginx(http   => $snippet, %opt)  # inside http {}
   $t->start_nginx(conf   => $full_conf)      # whole file (placeholders only)
 
-Options: C<main> (main-context directives), C<workers> (default 1),
+Options: C<main> (main-context directives), C<events> (directives
+inside events{}, e.g. "accept_mutex on;"), C<workers> (default 1),
 C<upstream_block> (default 1: defines C<upstream upstream { server
 127.0.0.1:%%UPSTREAM_PORT%%; }> in http{}, so C<proxy_pass http://upstream;>
 reaches the recording upstream), C<no_module> (omit load_module).
@@ -572,7 +573,8 @@ sub _build_conf {
                . "error_log %%DIR%%/error.log $level;\n"
                . "worker_shutdown_timeout " . timeout(10) . "s;\n"
                . $main . "\n"
-               . "events {\n    worker_connections 1024;\n}\n\n"
+               . "events {\n    worker_connections 1024;\n"
+               . ($a{events} // '') . "}\n\n"
                . "http {\n"
                . "    access_log %%DIR%%/access.log;\n"
                . "    client_body_temp_path %%DIR%%/tmp/client_body;\n"
