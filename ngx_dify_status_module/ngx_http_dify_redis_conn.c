@@ -1219,6 +1219,7 @@ ngx_http_dify_redis_handshake_reply(redisReply *reply, void *data)
     }
 
     rc->state = NGX_HTTP_DIFY_REDIS_UP;
+    ngx_http_dify_metrics_redis_up(1);
     rc->backoff = NGX_HTTP_DIFY_REDIS_BACKOFF_MIN;
     rc->logged = NGX_HTTP_DIFY_REDIS_LOG_NONE;
 
@@ -1737,6 +1738,10 @@ ngx_http_dify_redis_close(ngx_http_dify_redis_conn_t *rc)
     if (rc->resolving != NULL) {
         ngx_resolve_name_done(rc->resolving);
         rc->resolving = NULL;
+    }
+
+    if (rc->state == NGX_HTTP_DIFY_REDIS_UP) {
+        ngx_http_dify_metrics_redis_up(-1);
     }
 
     rc->state = NGX_HTTP_DIFY_REDIS_CLOSED;

@@ -40,6 +40,7 @@ typedef struct {
     ngx_atomic_t               rtt[NGX_HTTP_DIFY_METRICS_NBUCKETS];
     ngx_atomic_t               rtt_sum;             /* in microseconds */
     ngx_atomic_t               errors[DIFY_REDIS_ERR_N];
+    ngx_atomic_t               redis_up;            /* a gauge */
 } ngx_http_dify_metrics_sh_t;
 
 
@@ -51,6 +52,8 @@ typedef struct {
     ngx_atomic_uint_t          rtt[NGX_HTTP_DIFY_METRICS_NBUCKETS];
     ngx_atomic_uint_t          rtt_sum;             /* in microseconds */
     ngx_atomic_uint_t          errors[DIFY_REDIS_ERR_N];
+    ngx_atomic_int_t           redis_up;
+    ngx_str_t                  node;                /* its label */
 } ngx_http_dify_metrics_snap_t;
 
 
@@ -76,6 +79,8 @@ static size_t ngx_http_dify_metrics_size(ngx_http_dify_metrics_snap_t *snap);
 static u_char *ngx_http_dify_metrics_write(u_char *p,
     ngx_http_dify_metrics_snap_t *snap);
 static size_t ngx_http_dify_metrics_len(ngx_atomic_uint_t n);
+static size_t ngx_http_dify_metrics_label_len(ngx_str_t *v);
+static u_char *ngx_http_dify_metrics_label(u_char *p, ngx_str_t *v);
 static size_t ngx_http_dify_metrics_header_size(
     ngx_http_dify_metrics_family_t *f, const char *type);
 static u_char *ngx_http_dify_metrics_header(u_char *p,
@@ -160,6 +165,13 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_errors_f = {
     ngx_string("dify_status_redis_error_replies_total"),
     ngx_string("Error replies handed to the limiter, by class (NOSCRIPT "
                "recovered aside).")
+};
+
+
+static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_up_f = {
+    ngx_string("dify_status_redis_connections_up"),
+    ngx_string("Connections to Redis established and answering, summed "
+               "over the workers, by node (address as configured).")
 };
 
 
@@ -250,6 +262,20 @@ ngx_http_dify_metrics_redis_error(ngx_uint_t cls)
     }
 
     (void) ngx_atomic_fetch_add(&sh->errors[cls], 1);
+}
+
+
+void
+ngx_http_dify_metrics_redis_up(ngx_int_t delta)
+{
+    ngx_http_dify_metrics_sh_t  *sh;
+
+    sh = ngx_http_dify_metrics_shared();
+    if (sh == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&sh->redis_up, (ngx_atomic_int_t) delta);
 }
 
 
@@ -432,7 +458,8 @@ static void
 ngx_http_dify_metrics_snapshot(ngx_http_dify_metrics_sh_t *sh,
     ngx_http_dify_metrics_snap_t *snap)
 {
-    ngx_uint_t  i, j;
+    ngx_uint_t                  i, j;
+    ngx_http_dify_main_conf_t  *mcf;
 
     for (i = 0; i < NGX_HTTP_DIFY_M_NCOUNTERS; i++) {
         snap->counters[i] = sh->counters[i];
@@ -452,6 +479,21 @@ ngx_http_dify_metrics_snapshot(ngx_http_dify_metrics_sh_t *sh,
 
     for (i = 0; i < DIFY_REDIS_ERR_N; i++) {
         snap->errors[i] = sh->errors[i];
+    }
+
+    snap->redis_up = (ngx_atomic_int_t) sh->redis_up;
+
+    if (snap->redis_up < 0) {
+        snap->redis_up = 0;
+    }
+
+    ngx_str_null(&snap->node);
+
+    mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                              ngx_http_dify_status_module);
+
+    if (mcf != NULL && mcf->redis != NULL) {
+        snap->node = mcf->redis->address;
     }
 }
 
@@ -518,6 +560,15 @@ ngx_http_dify_metrics_size(ngx_http_dify_metrics_snap_t *snap)
         size += f->name.len + sizeof("{class=\"\"} \n") - 1
                 + ngx_strlen(dify_redis_error_name(i))
                 + ngx_http_dify_metrics_len(snap->errors[i]);
+    }
+
+    if (snap->node.len) {
+        f = &ngx_http_dify_metrics_up_f;
+
+        size += ngx_http_dify_metrics_header_size(f, "gauge")
+                + f->name.len + sizeof("{node=\"\"} \n") - 1
+                + ngx_http_dify_metrics_label_len(&snap->node)
+                + ngx_http_dify_metrics_len((ngx_atomic_uint_t) snap->redis_up);
     }
 
     f = &ngx_http_dify_metrics_rtt_f;
@@ -603,6 +654,15 @@ ngx_http_dify_metrics_write(u_char *p, ngx_http_dify_metrics_snap_t *snap)
                         dify_redis_error_name(i), snap->errors[i]);
     }
 
+    if (snap->node.len) {
+        f = &ngx_http_dify_metrics_up_f;
+
+        p = ngx_http_dify_metrics_header(p, f, "gauge");
+        p = ngx_sprintf(p, "%V{node=\"", &f->name);
+        p = ngx_http_dify_metrics_label(p, &snap->node);
+        p = ngx_sprintf(p, "\"} %uA\n", (ngx_atomic_uint_t) snap->redis_up);
+    }
+
     /*
      * the buckets are stored apart and summed here, so they are
      * cumulative and _count equals the +Inf bucket even while workers
@@ -626,6 +686,47 @@ ngx_http_dify_metrics_write(u_char *p, ngx_http_dify_metrics_snap_t *snap)
                     snap->rtt_sum / 1000000, snap->rtt_sum % 1000000);
 
     p = ngx_sprintf(p, "%V_count %uA\n", &f->name, n);
+
+    return p;
+}
+
+
+/* a label value: '\\', '"' and LF escaped, as the text format wants */
+
+static size_t
+ngx_http_dify_metrics_label_len(ngx_str_t *v)
+{
+    size_t  i, len;
+
+    len = v->len;
+
+    for (i = 0; i < v->len; i++) {
+        if (v->data[i] == '\\' || v->data[i] == '"' || v->data[i] == '\n') {
+            len++;
+        }
+    }
+
+    return len;
+}
+
+
+static u_char *
+ngx_http_dify_metrics_label(u_char *p, ngx_str_t *v)
+{
+    size_t  i;
+
+    for (i = 0; i < v->len; i++) {
+        if (v->data[i] == '\\' || v->data[i] == '"') {
+            *p++ = '\\';
+
+        } else if (v->data[i] == '\n') {
+            *p++ = '\\';
+            *p++ = 'n';
+            continue;
+        }
+
+        *p++ = v->data[i];
+    }
 
     return p;
 }

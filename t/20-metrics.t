@@ -293,6 +293,7 @@ sub not_less {
     my ($x, $y, $name) = @_;
     my @less;
     for my $s (@{ $x->{samples} }) {
+        next if ($x->{families}{ $s->{name} }{type} // '') eq 'gauge';
         my $v = val($y, $s->{name}, %{ $s->{labels} });
         push @less, "$s->{name} $s->{value} -> $v" if $v < $s->{num};
     }
@@ -614,6 +615,11 @@ SKIP: {
     $t->upstream_clear;
 
     my $q0 = scrape($t);
+    my $node = '127.0.0.1:' . $t->redis_port;
+    is $q0->{families}{"${P}redis_connections_up"}{type}, 'gauge',
+        'redis_connections_up is a gauge';
+    is c($q0, 'redis_connections_up', node => $node), 1,
+        "redis_connections_up{node=\"$node\"}: the worker's connection";
     my $k1 = fresh_key('m');
 
     $r = patch($t, auth => [ Authorization => "Bearer $k1" ]);
@@ -709,6 +715,11 @@ SKIP: {
         return $trouble->($p) > $trouble->($q2);
     }), 'the loss of Redis shows in errors, timeouts or reconnects';
     not_less($q0, $q3, 'no counter went back');
+    ok wait_for(DifyTest::timeout(10), sub {
+        my $r = $t->http('GET', '/metrics');
+        my $p = eval { parse_prom($r->{body}) } or return 0;
+        return c($p, 'redis_connections_up', node => $node) == 0;
+    }), 'redis_connections_up: 0 with Redis gone';
 }
 
 $t->done;
