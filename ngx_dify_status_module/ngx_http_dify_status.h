@@ -283,8 +283,13 @@ ngx_int_t ngx_http_dify_limit_retry_after(ngx_http_request_t *r,
 ngx_int_t ngx_http_dify_add_variables(ngx_conf_t *cf);
 
 
-/* ngx_http_dify_status_module.c */
+/* ngx_http_dify_status_ctx.c: the request's context */
+ngx_http_dify_ctx_t *ngx_http_dify_ctx_create(ngx_http_request_t *r,
+    ngx_event_handler_pt wait);
+/* also after an internal redirect; NULL when the module made none */
 ngx_http_dify_ctx_t *ngx_http_dify_get_ctx(ngx_http_request_t *r);
+/* cancels its Redis command, removes its timer and posted event */
+void ngx_http_dify_ctx_release(ngx_http_dify_ctx_t *ctx);
 /* records a rejection: the phase handler sends it */
 void ngx_http_dify_reject(ngx_http_dify_ctx_t *ctx, ngx_uint_t code,
     ngx_uint_t status, const char *message, size_t len);
