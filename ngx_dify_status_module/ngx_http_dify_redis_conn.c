@@ -1516,8 +1516,11 @@ ngx_http_dify_redis_write(ngx_http_dify_redis_conn_t *rc)
         c->write->timedout = 0;
     }
 
-    while (!ngx_queue_empty(&rc->queued) && c->write->ready) {
+    /* c->buffered: bytes TLS holds back, flushed with an empty chain */
 
+    while ((!ngx_queue_empty(&rc->queued) || c->buffered)
+           && c->write->ready)
+    {
         head = NULL;
         last = &head;
         cmd = NULL;
@@ -1539,7 +1542,10 @@ ngx_http_dify_redis_write(ngx_http_dify_redis_conn_t *rc)
         }
 
         /* the last of a batch: TLS buffers up to it */
-        cmd->buf.flush = 1;
+
+        if (cmd != NULL) {
+            cmd->buf.flush = 1;
+        }
 
         cl = c->send_chain(c, head, 0);
 
@@ -1553,7 +1559,7 @@ ngx_http_dify_redis_write(ngx_http_dify_redis_conn_t *rc)
 
         ngx_http_dify_redis_written(rc);
 
-        if (cl != NULL) {
+        if (cl != NULL || (head == NULL && c->buffered)) {
             break;
         }
     }
@@ -1841,7 +1847,7 @@ ngx_http_dify_redis_timeout_handler(ngx_event_t *ev)
             || rc->state == NGX_HTTP_DIFY_REDIS_UP))
     {
 
-        if (!ngx_queue_empty(&rc->queued)) {
+        if (!ngx_queue_empty(&rc->queued) || c->buffered) {
             if (c->write->ready) {
                 if (ngx_http_dify_redis_write(rc) != NGX_OK) {
                     goto done;

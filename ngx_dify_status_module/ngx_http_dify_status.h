@@ -210,8 +210,6 @@ ngx_int_t ngx_http_dify_redis_init_process(ngx_cycle_t *cycle,
     ngx_http_dify_main_conf_t *mcf);
 void ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle,
     ngx_http_dify_main_conf_t *mcf);
-/* 1 when the connection is established and its handshake answered */
-ngx_uint_t ngx_http_dify_redis_is_up(ngx_http_dify_redis_t *rs);
 /*
  * EVALSHA script argv... (numkeys, keys, arguments); NULL when Redis is
  * down, or on failure.  The timeout is in milliseconds.

@@ -140,13 +140,6 @@ ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle,
 }
 
 
-ngx_uint_t
-ngx_http_dify_redis_is_up(ngx_http_dify_redis_t *rs)
-{
-    return rs != NULL && ngx_http_dify_redis_conn_up(rs->conn);
-}
-
-
 /*
  * A script of the limiter's, at configuration time: its SHA-1 for
  * EVALSHA, and SCRIPT LOAD in every new connection's handshake.

@@ -24,7 +24,7 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 use File::Temp qw(tempdir);
 use DifyTest;
-use DifyLimit qw(fresh_key tat_key patch wait_for);
+use DifyLimit qw(fresh_key tat_key patch concurrent wait_for);
 
 DifyTest::require_module();
 
@@ -178,6 +178,13 @@ subtest 'verification on and passing, sessions reused' => sub {
     my $key = decided_ok($t, 'verified');
     is tls_cli($port, 'EXISTS', tat_key($key)), '1', 'the state is in Redis';
     is metric($t, 'redis_tls_failures_total'), 0, 'no TLS failure';
+
+    # many commands at once, pipelined through TLS's buffer
+    my $many = fresh_key('many');
+    my @r = concurrent($t, 40, $many);
+    is scalar(grep { outcome($_) eq 'passed' } @r), 40,
+        '40 concurrent requests, all decided by Redis';
+    is tls_cli($port, 'EXISTS', tat_key($many)), '1', '... in Redis';
 
     # the connections are made again: with the sessions saved
     like tls_cli($port, 'CLIENT', 'KILL', 'TYPE', 'normal'), qr/^\d+$/,
