@@ -440,6 +440,9 @@ ngx_http_dify_redis_resolve(ngx_http_dify_redis_conn_t *rc)
             ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_RESOLVE,
                                        0, "unreachable: could not start "
                                        "resolving \"%V\"", &conf->host);
+
+        } else if (!rc->refresh.timer_set) {
+            ngx_add_timer(&rc->refresh, NGX_HTTP_DIFY_REDIS_REFRESH_MIN);
         }
 
         return;
@@ -470,6 +473,9 @@ ngx_http_dify_redis_resolve(ngx_http_dify_redis_conn_t *rc)
             ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_RESOLVE,
                                        0, "unreachable: could not resolve "
                                        "\"%V\"", &conf->host);
+
+        } else if (!rc->refresh.timer_set) {
+            ngx_add_timer(&rc->refresh, NGX_HTTP_DIFY_REDIS_REFRESH_MIN);
         }
     }
 }
