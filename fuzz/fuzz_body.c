@@ -129,7 +129,9 @@ fuzz_body(const uint8_t *data, size_t size)
                              : SIZE_MAX;
     values = 0;
 
-    if (len >= 3 && body[0] == 0xef && body[1] == 0xbb && body[2] == 0xbf) {
+    if ((len >= 3 && body[0] == 0xef && body[1] == 0xbb && body[2] == 0xbf)
+        || memchr(body, '\0', len) != NULL)
+    {
         scan = DIFY_BODY_BAD_REQUEST;
 
     } else if (root != NULL) {

@@ -76,6 +76,16 @@ dify_body_validate(const unsigned char *data, size_t len,
         return DIFY_BODY_BAD_REQUEST;
     }
 
+    /*
+     * A raw NUL is never JSON (in a string it must be escaped), but
+     * jansson skips one right after a number or a literal
+     */
+
+    if (memchr(data, '\0', len) != NULL) {
+        dify_body_error(res, "a NUL byte");
+        return DIFY_BODY_BAD_REQUEST;
+    }
+
     /* the values jansson would build: the root, the array, the ids, more */
 
     max = conf->max_documents;

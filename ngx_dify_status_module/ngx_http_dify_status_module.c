@@ -45,6 +45,8 @@ static ngx_int_t ngx_http_dify_check_body(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx);
 static u_char *ngx_http_dify_body_bytes(ngx_http_request_t *r,
     size_t max, size_t *len);
+static void ngx_http_dify_reject_too_large(ngx_http_dify_ctx_t *ctx,
+    off_t max);
 static ngx_int_t ngx_http_dify_verdict(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx);
 static ngx_int_t ngx_http_dify_answer(ngx_http_request_t *r,
@@ -413,13 +415,10 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
     dify_str_t *dataset_id, dify_str_t *action)
 {
-    size_t             len;
-    u_char            *p;
     dify_str_t         token;
     dify_auth_e        auth;
     dify_media_t       m;
     ngx_table_elt_t   *h;
-    u_char             msg[DIFY_BODY_MESSAGE_LEN];
 
     ctx->dataset_id.len = dataset_id->len;
     ctx->dataset_id.data = (u_char *) dataset_id->data;
@@ -515,14 +514,7 @@ ngx_http_dify_check_headers(ngx_http_request_t *r,
     }
 
     if (r->headers_in.content_length_n > (off_t) dlcf->max_body_size) {
-        p = ngx_snprintf(msg, sizeof(msg),
-                         "Request body must not be larger than %uz bytes.",
-                         dlcf->max_body_size);
-        len = p - msg;
-
-        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_TOO_LARGE,
-                             NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                             (const char *) msg, len);
+        ngx_http_dify_reject_too_large(ctx, (off_t) dlcf->max_body_size);
         return NGX_DECLINED;
     }
 
@@ -619,11 +611,10 @@ ngx_http_dify_check_body(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx)
 {
     size_t               len;
-    u_char              *p, *body;
+    u_char              *body;
     dify_body_rc_e       rc;
     dify_body_conf_t     bcf;
     dify_body_result_t   res;
-    u_char               msg[DIFY_BODY_MESSAGE_LEN];
 
     body = ngx_http_dify_body_bytes(r, dlcf->max_body_size, &len);
 
@@ -633,13 +624,7 @@ ngx_http_dify_check_body(ngx_http_request_t *r,
             return NGX_ERROR;
         }
 
-        p = ngx_snprintf(msg, sizeof(msg),
-                         "Request body must not be larger than %uz bytes.",
-                         dlcf->max_body_size);
-
-        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_TOO_LARGE,
-                             NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                             (const char *) msg, p - msg);
+        ngx_http_dify_reject_too_large(ctx, (off_t) dlcf->max_body_size);
         return NGX_DECLINED;
     }
 
@@ -758,6 +743,23 @@ ngx_http_dify_body_bytes(ngx_http_request_t *r, size_t max, size_t *len)
 }
 
 
+/* row 5: the body is larger than max bytes */
+
+static void
+ngx_http_dify_reject_too_large(ngx_http_dify_ctx_t *ctx, off_t max)
+{
+    u_char  *p;
+    u_char   msg[DIFY_BODY_MESSAGE_LEN];
+
+    p = ngx_snprintf(msg, sizeof(msg),
+                     "Request body must not be larger than %O bytes.", max);
+
+    ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_TOO_LARGE,
+                         NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                         (const char *) msg, p - msg);
+}
+
+
 /*
  * Every entry of the phase handler after the first: the state decides
  * (see ngx_http_dify_state_e).  A DECIDED request is acted on here: on
@@ -870,9 +872,7 @@ ngx_http_dify_answer(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
 static void
 ngx_http_dify_refused(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
 {
-    u_char      *p;
-    ngx_uint_t   status;
-    u_char       msg[DIFY_BODY_MESSAGE_LEN];
+    ngx_uint_t  status;
 
     /* a Redis reply or the limiter's timer would come too late */
     ngx_http_dify_ctx_release(ctx);
@@ -888,13 +888,7 @@ ngx_http_dify_refused(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
         break;
 
     case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
-        p = ngx_snprintf(msg, sizeof(msg),
-                         "Request body must not be larger than %O bytes.",
-                         ctx->max_body);
-
-        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_TOO_LARGE,
-                             NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                             (const char *) msg, p - msg);
+        ngx_http_dify_reject_too_large(ctx, ctx->max_body);
         break;
 
     default:
