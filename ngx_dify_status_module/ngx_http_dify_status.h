@@ -21,6 +21,9 @@
 #include "dify_body.h"
 #include "dify_gcra.h"
 #include "dify_key.h"
+#include "dify_redis.h"
+
+#include "ngx_http_dify_redis_conn.h"
 
 
 /* the answers of the contract, in its order */
@@ -110,17 +113,14 @@ typedef enum {
 #define NGX_HTTP_DIFY_COST_DOCUMENTS  1
 
 
+typedef struct ngx_http_dify_redis_s      ngx_http_dify_redis_t;
+typedef struct ngx_http_dify_redis_req_s  ngx_http_dify_redis_req_t;
+
+
 typedef struct {
-    ngx_str_t                  address;     /* as written, for logs */
-    ngx_str_t                  host;        /* an IP address, or empty */
-    ngx_int_t                  port;
-    ngx_str_t                  unix_path;   /* NUL-terminated, or empty */
-    ngx_int_t                  db;
-    ngx_str_t                  user;
-    ngx_str_t                  password;
-    ngx_msec_t                 timeout;
-    ngx_msec_t                 connect_timeout;
-} ngx_http_dify_redis_conf_t;
+    ngx_str_t                  text;
+    u_char                     sha1[DIFY_SHA1_HEX_LEN];
+} ngx_http_dify_redis_script_t;
 
 
 typedef struct {
@@ -129,7 +129,15 @@ typedef struct {
     size_t                     shm_size;
     ngx_shm_zone_t            *metrics_zone;
     ngx_flag_t                 limit_used;
-    u_char                     script_sha1[DIFY_SHA1_HEX_LEN];
+    ngx_http_dify_redis_script_t *script;   /* the limiter's */
+    ngx_http_dify_redis_t     *rs;          /* per worker */
+
+    /* dify_status_redis_ssl_* */
+    ngx_flag_t                 ssl_verify;
+    ngx_str_t                  ssl_trusted_certificate;
+    ngx_str_t                  ssl_name;
+    ngx_str_t                  ssl_certificate;
+    ngx_str_t                  ssl_certificate_key;
 } ngx_http_dify_main_conf_t;
 
 
@@ -154,9 +162,6 @@ typedef struct {
 } ngx_http_dify_loc_conf_t;
 
 
-typedef struct ngx_http_dify_redis_cmd_s  ngx_http_dify_redis_cmd_t;
-
-
 typedef struct {
     ngx_uint_t                 state;               /* _STATE_* */
     ngx_uint_t                 outcome;             /* _OUTCOME_* */
@@ -174,13 +179,12 @@ typedef struct {
     dify_gcra_result_t         gcra;                /* when has_gcra */
     uint64_t                   cost;
 
-    ngx_http_dify_redis_cmd_t *cmd;                 /* a pending command */
+    ngx_http_dify_redis_req_t *cmd;                 /* a pending command */
     ngx_event_t                wait;                /* posted: resume */
     ngx_http_request_t        *request;
 
     unsigned                   has_key:1;
     unsigned                   has_gcra:1;
-    unsigned                   noscript:1;          /* EVAL sent after it */
     unsigned                   headers_added:1;
 } ngx_http_dify_ctx_t;
 
@@ -189,46 +193,33 @@ extern ngx_module_t  ngx_http_dify_status_module;
 
 
 /*
- * ngx_http_dify_status_redis.c: one connection per worker, driven by
- * the worker's event loop, shared by all requests (hiredis pipelines
- * them and keeps their callbacks in order).
- *
- * The handler is called exactly once for every command that
- * ngx_http_dify_redis_command() accepted, unless the caller cancelled
- * it first or the worker is exiting: with the reply, or with NULL when
- * no reply came within timeout or the connection went away first.  The
- * timeout (in milliseconds) counts from when the command was written to
- * the socket, on a fresh clock, and the replies already in the socket
- * are read before it is taken: Redis's delay alone, however long the
- * worker was busy; until written, a command waits connect_timeout +
- * timeout at most.  The handler is never called from inside
- * ngx_http_dify_redis_command() or _cancel().  The reply belongs to
- * hiredis and lives only for the call, and so does the command record:
- * the caller forgets it in the handler.  The handler may send a new
- * command when reply is not NULL.  Error replies are the caller's to
- * count; timeouts and lost commands are counted here.
+ * ngx_http_dify_status_redis.c: the command layer the limiter uses, over
+ * the transport (ngx_http_dify_redis_conn.h).  The handler of a call is
+ * called exactly once for every call ngx_http_dify_redis_eval()
+ * accepted, as the transport's is (see there), unless the caller
+ * cancelled it first or the worker is exiting.  Error replies are the
+ * caller's to count; NOSCRIPT is handled here.
  */
-typedef void (*ngx_http_dify_redis_pt)(redisReply *reply, void *data);
-
 char *ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+ngx_int_t ngx_http_dify_redis_init_conf(ngx_conf_t *cf,
+    ngx_http_dify_main_conf_t *mcf);
+ngx_http_dify_redis_script_t *ngx_http_dify_redis_script(ngx_conf_t *cf,
+    ngx_http_dify_redis_conf_t *rcf, const char *text);
 ngx_int_t ngx_http_dify_redis_init_process(ngx_cycle_t *cycle,
-    ngx_http_dify_redis_conf_t *rcf);
-void ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle);
-/* 1 when the connection is established and its handshake answered */
-ngx_uint_t ngx_http_dify_redis_is_up(void);
-/* NULL when the connection is down, or on failure */
-ngx_http_dify_redis_cmd_t *ngx_http_dify_redis_command(
+    ngx_http_dify_main_conf_t *mcf);
+void ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle,
+    ngx_http_dify_main_conf_t *mcf);
+/*
+ * EVALSHA script argv... (numkeys, keys, arguments); NULL when Redis is
+ * down, or on failure.  The timeout is in milliseconds.
+ */
+ngx_http_dify_redis_req_t *ngx_http_dify_redis_eval(
+    ngx_http_dify_redis_t *rs, ngx_http_dify_redis_script_t *script,
     ngx_http_dify_redis_pt handler, void *data, ngx_msec_t timeout,
     int argc, const char **argv, const size_t *argvlen);
-/*
- * In the handler of a reply: what was left of the command's timeout
- * when the reply came (in milliseconds, 0 when none), for a command
- * sent in its place.
- */
-ngx_msec_t ngx_http_dify_redis_left(ngx_http_dify_redis_cmd_t *cmd);
 /* the caller has gone (client abort): its handler will not be called */
-void ngx_http_dify_redis_cancel(ngx_http_dify_redis_cmd_t *cmd);
+void ngx_http_dify_redis_cancel(ngx_http_dify_redis_req_t *req);
 
 
 /* ngx_http_dify_status_metrics.c: counters in shared memory */
@@ -243,6 +234,8 @@ typedef enum {
     NGX_HTTP_DIFY_M_REDIS_TIMEOUTS,
     NGX_HTTP_DIFY_M_REDIS_RECONNECTS,
     NGX_HTTP_DIFY_M_REDIS_NOSCRIPT,
+    NGX_HTTP_DIFY_M_REDIS_RESOLVE_FAILURES,
+    NGX_HTTP_DIFY_M_REDIS_TLS_FAILURES,
     NGX_HTTP_DIFY_M_FALLBACK_ALLOW,
     NGX_HTTP_DIFY_M_FALLBACK_DENY,
     NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED,
@@ -253,6 +246,9 @@ typedef enum {
 void ngx_http_dify_metrics_inc(ngx_uint_t metric);
 void ngx_http_dify_metrics_rejected(ngx_uint_t code, ngx_uint_t status);
 void ngx_http_dify_metrics_rtt(ngx_msec_int_t usec);   /* in microseconds */
+void ngx_http_dify_metrics_redis_error(ngx_uint_t cls); /* dify_redis_err_e */
+/* connections up: +1 when one is, -1 when it no longer is */
+void ngx_http_dify_metrics_redis_up(ngx_int_t delta);
 ngx_int_t ngx_http_dify_metrics_init_conf(ngx_conf_t *cf,
     ngx_http_dify_main_conf_t *mcf);
 char *ngx_http_dify_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -285,8 +281,13 @@ ngx_int_t ngx_http_dify_limit_retry_after(ngx_http_request_t *r,
 ngx_int_t ngx_http_dify_add_variables(ngx_conf_t *cf);
 
 
-/* ngx_http_dify_status_module.c */
+/* ngx_http_dify_status_ctx.c: the request's context */
+ngx_http_dify_ctx_t *ngx_http_dify_ctx_create(ngx_http_request_t *r,
+    ngx_event_handler_pt wait);
+/* also after an internal redirect; NULL when the module made none */
 ngx_http_dify_ctx_t *ngx_http_dify_get_ctx(ngx_http_request_t *r);
+/* cancels its Redis command, removes its timer and posted event */
+void ngx_http_dify_ctx_release(ngx_http_dify_ctx_t *ctx);
 /* records a rejection: the phase handler sends it */
 void ngx_http_dify_reject(ngx_http_dify_ctx_t *ctx, ngx_uint_t code,
     ngx_uint_t status, const char *message, size_t len);

@@ -141,9 +141,9 @@ ngx_http_dify_limit_start(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
 
 
 /*
- * EVALSHA sha 2 {prefix}{hash}:tat {prefix}{hash}:limit rate period burst
- * cost, or EVAL with the script itself after a NOSCRIPT.  The hash tag
- * keeps a key's state and its override in one Redis Cluster slot.
+ * The script with 2 {prefix}{hash}:tat {prefix}{hash}:limit rate period
+ * burst cost.  The hash tag keeps a key's state and its override in one
+ * Redis Cluster slot.
  */
 
 static ngx_int_t
@@ -152,8 +152,8 @@ ngx_http_dify_limit_send(ngx_http_request_t *r,
     ngx_msec_t timeout)
 {
     u_char                     *p, *tat, *limit, *num;
-    size_t                      len, argvlen[9];
-    const char                 *argv[9];
+    size_t                      len, argvlen[7];
+    const char                 *argv[7];
     ngx_http_dify_main_conf_t  *mcf;
 
     mcf = ngx_http_get_module_main_conf(r, ngx_http_dify_status_module);
@@ -172,68 +172,57 @@ ngx_http_dify_limit_send(ngx_http_request_t *r,
     p = ngx_cpymem(p, ctx->key_hash, DIFY_KEY_HASH_LEN);
     *p++ = '}';
     limit = ngx_cpymem(p, ":tat", sizeof(":tat") - 1);
-    argvlen[3] = limit - tat;
+    argvlen[1] = limit - tat;
 
     p = ngx_cpymem(limit, tat, len);
     p = ngx_cpymem(p, ":limit", sizeof(":limit") - 1);
-    argvlen[4] = p - limit;
+    argvlen[2] = p - limit;
 
     num = p;
 
-    if (ctx->noscript) {
-        argv[0] = "EVAL";
-        argv[1] = dify_gcra_script;
-        argvlen[1] = ngx_strlen(dify_gcra_script);
+    argv[0] = "2";
+    argvlen[0] = 1;
+    argv[1] = (const char *) tat;
+    argv[2] = (const char *) limit;
 
-    } else {
-        argv[0] = "EVALSHA";
-        argv[1] = (const char *) mcf->script_sha1;
-        argvlen[1] = DIFY_SHA1_HEX_LEN;
-    }
-
-    argvlen[0] = ngx_strlen(argv[0]);
-    argv[2] = "2";
-    argvlen[2] = 1;
-    argv[3] = (const char *) tat;
-    argv[4] = (const char *) limit;
-
-    argv[5] = (const char *) num;
+    argv[3] = (const char *) num;
     p = ngx_sprintf(num, "%uL", dlcf->limit.rate);
+    argvlen[3] = p - num;
+
+    num = p;
+    argv[4] = (const char *) num;
+    p = ngx_sprintf(num, "%uL", dlcf->limit.period);
+    argvlen[4] = p - num;
+
+    num = p;
+    argv[5] = (const char *) num;
+    p = ngx_sprintf(num, "%uL", dlcf->limit.burst);
     argvlen[5] = p - num;
 
     num = p;
     argv[6] = (const char *) num;
-    p = ngx_sprintf(num, "%uL", dlcf->limit.period);
+    p = ngx_sprintf(num, "%uL", ctx->cost);
     argvlen[6] = p - num;
 
-    num = p;
-    argv[7] = (const char *) num;
-    p = ngx_sprintf(num, "%uL", dlcf->limit.burst);
-    argvlen[7] = p - num;
-
-    num = p;
-    argv[8] = (const char *) num;
-    p = ngx_sprintf(num, "%uL", ctx->cost);
-    argvlen[8] = p - num;
-
-    ctx->cmd = ngx_http_dify_redis_command(ngx_http_dify_limit_reply, ctx,
-                                           timeout, 9, argv, argvlen);
+    ctx->cmd = ngx_http_dify_redis_eval(mcf->rs, mcf->script,
+                                        ngx_http_dify_limit_reply, ctx,
+                                        timeout, 7, argv, argvlen);
     if (ctx->cmd == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "dify_status limit: %s cost %uL, timeout %M ms",
-                   argv[0], ctx->cost, timeout);
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "dify_status limit: cost %uL, timeout %M ms",
+                   ctx->cost, timeout);
 
     return NGX_OK;
 }
 
 
 /*
- * Called by the Redis connection exactly once per command: from inside
- * hiredis, or from the command's timer (reply NULL).  It decides and
- * posts ctx->wait, so that the request goes on outside of both.
+ * Called by the command layer exactly once per command: with the reply,
+ * or with NULL when none came in time.  It decides and posts ctx->wait,
+ * so that the request goes on outside of the Redis connection.
  */
 
 static void
@@ -241,16 +230,13 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
 {
     ngx_http_dify_ctx_t *ctx = data;
 
-    size_t                      err_len;
-    ngx_msec_t                  left;
-    const char                 *err;
-    dify_reply_rc_e             rc;
-    ngx_http_request_t         *r;
-    ngx_http_dify_loc_conf_t   *dlcf;
-    ngx_http_dify_redis_cmd_t  *cmd;
+    size_t                     err_len;
+    const char                *err;
+    dify_reply_rc_e            rc;
+    ngx_http_request_t        *r;
+    ngx_http_dify_loc_conf_t  *dlcf;
 
     r = ctx->request;
-    cmd = ctx->cmd;
     ctx->cmd = NULL;
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
@@ -268,20 +254,13 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
 
     rc = dify_gcra_parse_reply(reply, &ctx->gcra, &err, &err_len);
 
-    if (rc == DIFY_REPLY_NOSCRIPT && !ctx->noscript) {
-        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_NOSCRIPT);
-        ctx->noscript = 1;
+    /* a NOSCRIPT here: the script could not be loaded in time */
 
-        /* the script itself, in what is left of the request's time */
-
-        left = ngx_http_dify_redis_left(cmd);
-
-        if (left != 0
-            && ngx_http_dify_limit_send(r, dlcf, ctx, left) == NGX_OK)
-        {
-            return;
-        }
-
+    if (rc != DIFY_REPLY_OK && reply->type == REDIS_REPLY_ERROR) {
+        /* counted and logged, once, by the command layer */
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "dify_status limit: error reply: \"%*s\"",
+                       err_len, err ? err : "");
         ngx_http_dify_limit_fallback(r, dlcf, ctx);
         goto resume;
     }
@@ -906,10 +885,9 @@ ngx_http_dify_limit_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
         return NGX_ERROR;
     }
 
-    if (dify_sha1_hex((const unsigned char *) dify_gcra_script,
-                      ngx_strlen(dify_gcra_script), (char *) mcf->script_sha1)
-        != 0)
-    {
+    mcf->script = ngx_http_dify_redis_script(cf, mcf->redis,
+                                             dify_gcra_script);
+    if (mcf->script == NULL) {
         return NGX_ERROR;
     }
 

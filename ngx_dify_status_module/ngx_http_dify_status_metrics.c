@@ -39,6 +39,8 @@ typedef struct {
                                        [NGX_HTTP_DIFY_METRICS_NSTATUS];
     ngx_atomic_t               rtt[NGX_HTTP_DIFY_METRICS_NBUCKETS];
     ngx_atomic_t               rtt_sum;             /* in microseconds */
+    ngx_atomic_t               errors[DIFY_REDIS_ERR_N];
+    ngx_atomic_t               redis_up;            /* a gauge */
 } ngx_http_dify_metrics_sh_t;
 
 
@@ -49,6 +51,9 @@ typedef struct {
                                        [NGX_HTTP_DIFY_METRICS_NSTATUS];
     ngx_atomic_uint_t          rtt[NGX_HTTP_DIFY_METRICS_NBUCKETS];
     ngx_atomic_uint_t          rtt_sum;             /* in microseconds */
+    ngx_atomic_uint_t          errors[DIFY_REDIS_ERR_N];
+    ngx_atomic_int_t           redis_up;
+    ngx_str_t                  node;                /* its label */
 } ngx_http_dify_metrics_snap_t;
 
 
@@ -74,6 +79,8 @@ static size_t ngx_http_dify_metrics_size(ngx_http_dify_metrics_snap_t *snap);
 static u_char *ngx_http_dify_metrics_write(u_char *p,
     ngx_http_dify_metrics_snap_t *snap);
 static size_t ngx_http_dify_metrics_len(ngx_atomic_uint_t n);
+static size_t ngx_http_dify_metrics_label_len(ngx_str_t *v);
+static u_char *ngx_http_dify_metrics_label(u_char *p, ngx_str_t *v);
 static size_t ngx_http_dify_metrics_header_size(
     ngx_http_dify_metrics_family_t *f, const char *type);
 static u_char *ngx_http_dify_metrics_header(u_char *p,
@@ -120,8 +127,15 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
       ngx_string("Attempts to connect to Redis again.") },
 
     { ngx_string("dify_status_redis_noscript_total"),
-      ngx_string("NOSCRIPT replies, after which the limiter's script "
-                 "is sent in full.") }
+      ngx_string("NOSCRIPT replies; the first of a connection sends "
+                 "the limiter's script in full.") },
+
+    { ngx_string("dify_status_redis_resolve_failures_total"),
+      ngx_string("Lookups of the Redis host name that failed.") },
+
+    { ngx_string("dify_status_redis_tls_failures_total"),
+      ngx_string("TLS handshakes with Redis that failed, or whose "
+                 "certificate was refused.") }
 };
 
 
@@ -144,6 +158,20 @@ static ngx_http_dify_metrics_fallback_t  ngx_http_dify_metrics_fallback[] = {
     { ngx_string("deny"), ngx_string("denied") },
     { ngx_string("local"), ngx_string("passed") },
     { ngx_string("local"), ngx_string("limited") }
+};
+
+
+static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_errors_f = {
+    ngx_string("dify_status_redis_error_replies_total"),
+    ngx_string("Error replies handed to the limiter, by class (NOSCRIPT "
+               "recovered aside).")
+};
+
+
+static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_up_f = {
+    ngx_string("dify_status_redis_connections_up"),
+    ngx_string("Connections to Redis established and answering, summed "
+               "over the workers, by node (address as configured).")
 };
 
 
@@ -216,6 +244,38 @@ ngx_http_dify_metrics_rejected(ngx_uint_t code, ngx_uint_t status)
     i = status - NGX_HTTP_DIFY_METRICS_STATUS_MIN;
 
     (void) ngx_atomic_fetch_add(&sh->rejected[code][i], 1);
+}
+
+
+void
+ngx_http_dify_metrics_redis_error(ngx_uint_t cls)
+{
+    ngx_http_dify_metrics_sh_t  *sh;
+
+    if (cls >= DIFY_REDIS_ERR_N) {
+        return;
+    }
+
+    sh = ngx_http_dify_metrics_shared();
+    if (sh == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&sh->errors[cls], 1);
+}
+
+
+void
+ngx_http_dify_metrics_redis_up(ngx_int_t delta)
+{
+    ngx_http_dify_metrics_sh_t  *sh;
+
+    sh = ngx_http_dify_metrics_shared();
+    if (sh == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&sh->redis_up, (ngx_atomic_int_t) delta);
 }
 
 
@@ -398,7 +458,8 @@ static void
 ngx_http_dify_metrics_snapshot(ngx_http_dify_metrics_sh_t *sh,
     ngx_http_dify_metrics_snap_t *snap)
 {
-    ngx_uint_t  i, j;
+    ngx_uint_t                  i, j;
+    ngx_http_dify_main_conf_t  *mcf;
 
     for (i = 0; i < NGX_HTTP_DIFY_M_NCOUNTERS; i++) {
         snap->counters[i] = sh->counters[i];
@@ -415,6 +476,25 @@ ngx_http_dify_metrics_snapshot(ngx_http_dify_metrics_sh_t *sh,
     }
 
     snap->rtt_sum = sh->rtt_sum;
+
+    for (i = 0; i < DIFY_REDIS_ERR_N; i++) {
+        snap->errors[i] = sh->errors[i];
+    }
+
+    snap->redis_up = (ngx_atomic_int_t) sh->redis_up;
+
+    if (snap->redis_up < 0) {
+        snap->redis_up = 0;
+    }
+
+    ngx_str_null(&snap->node);
+
+    mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                              ngx_http_dify_status_module);
+
+    if (mcf != NULL && mcf->redis != NULL) {
+        snap->node = mcf->redis->address;
+    }
 }
 
 
@@ -470,6 +550,25 @@ ngx_http_dify_metrics_size(ngx_http_dify_metrics_snap_t *snap)
         size += f->name.len + sizeof("{mode=\"\",result=\"\"} \n") - 1
                 + fb->mode.len + fb->result.len
                 + ngx_http_dify_metrics_len(n);
+    }
+
+    f = &ngx_http_dify_metrics_errors_f;
+
+    size += ngx_http_dify_metrics_header_size(f, "counter");
+
+    for (i = DIFY_REDIS_ERR_NONE + 1; i < DIFY_REDIS_ERR_N; i++) {
+        size += f->name.len + sizeof("{class=\"\"} \n") - 1
+                + ngx_strlen(dify_redis_error_name(i))
+                + ngx_http_dify_metrics_len(snap->errors[i]);
+    }
+
+    if (snap->node.len) {
+        f = &ngx_http_dify_metrics_up_f;
+
+        size += ngx_http_dify_metrics_header_size(f, "gauge")
+                + f->name.len + sizeof("{node=\"\"} \n") - 1
+                + ngx_http_dify_metrics_label_len(&snap->node)
+                + ngx_http_dify_metrics_len((ngx_atomic_uint_t) snap->redis_up);
     }
 
     f = &ngx_http_dify_metrics_rtt_f;
@@ -544,6 +643,26 @@ ngx_http_dify_metrics_write(u_char *p, ngx_http_dify_metrics_snap_t *snap)
                         snap->counters[NGX_HTTP_DIFY_METRICS_NPLAIN + i]);
     }
 
+    /* every class, zero or not */
+
+    f = &ngx_http_dify_metrics_errors_f;
+
+    p = ngx_http_dify_metrics_header(p, f, "counter");
+
+    for (i = DIFY_REDIS_ERR_NONE + 1; i < DIFY_REDIS_ERR_N; i++) {
+        p = ngx_sprintf(p, "%V{class=\"%s\"} %uA\n", &f->name,
+                        dify_redis_error_name(i), snap->errors[i]);
+    }
+
+    if (snap->node.len) {
+        f = &ngx_http_dify_metrics_up_f;
+
+        p = ngx_http_dify_metrics_header(p, f, "gauge");
+        p = ngx_sprintf(p, "%V{node=\"", &f->name);
+        p = ngx_http_dify_metrics_label(p, &snap->node);
+        p = ngx_sprintf(p, "\"} %uA\n", (ngx_atomic_uint_t) snap->redis_up);
+    }
+
     /*
      * the buckets are stored apart and summed here, so they are
      * cumulative and _count equals the +Inf bucket even while workers
@@ -567,6 +686,47 @@ ngx_http_dify_metrics_write(u_char *p, ngx_http_dify_metrics_snap_t *snap)
                     snap->rtt_sum / 1000000, snap->rtt_sum % 1000000);
 
     p = ngx_sprintf(p, "%V_count %uA\n", &f->name, n);
+
+    return p;
+}
+
+
+/* a label value: '\\', '"' and LF escaped, as the text format wants */
+
+static size_t
+ngx_http_dify_metrics_label_len(ngx_str_t *v)
+{
+    size_t  i, len;
+
+    len = v->len;
+
+    for (i = 0; i < v->len; i++) {
+        if (v->data[i] == '\\' || v->data[i] == '"' || v->data[i] == '\n') {
+            len++;
+        }
+    }
+
+    return len;
+}
+
+
+static u_char *
+ngx_http_dify_metrics_label(u_char *p, ngx_str_t *v)
+{
+    size_t  i;
+
+    for (i = 0; i < v->len; i++) {
+        if (v->data[i] == '\\' || v->data[i] == '"') {
+            *p++ = '\\';
+
+        } else if (v->data[i] == '\n') {
+            *p++ = '\\';
+            *p++ = 'n';
+            continue;
+        }
+
+        *p++ = v->data[i];
+    }
 
     return p;
 }

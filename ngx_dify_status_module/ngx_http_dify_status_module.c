@@ -59,7 +59,6 @@ static void ngx_http_dify_fail(ngx_http_dify_ctx_t *ctx);
 static ngx_int_t ngx_http_dify_send(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx);
 static void ngx_http_dify_wait_handler(ngx_event_t *ev);
-static void ngx_http_dify_cleanup(void *data);
 static ngx_int_t ngx_http_dify_header_filter(ngx_http_request_t *r);
 
 static ngx_int_t ngx_http_dify_preconfiguration(ngx_conf_t *cf);
@@ -73,21 +72,6 @@ static char *ngx_http_dify_token_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_dify_init_process(ngx_cycle_t *cycle);
 static void ngx_http_dify_exit_process(ngx_cycle_t *cycle);
-
-
-const ngx_str_t  ngx_http_dify_codes[NGX_HTTP_DIFY_NCODES] = {
-    ngx_string("not_found"),
-    ngx_string("unauthorized"),
-    ngx_string("invalid_action"),
-    ngx_string("unsupported_media_type"),
-    ngx_string("request_entity_too_large"),
-    ngx_string("bad_request"),
-    ngx_string("invalid_param"),
-    ngx_string("too_many_requests"),
-    ngx_string("forbidden"),
-    ngx_string("service_unavailable"),
-    ngx_string("internal_server_error")
-};
 
 
 static ngx_conf_enum_t  ngx_http_dify_document_ids[] = {
@@ -175,6 +159,41 @@ static ngx_command_t  ngx_http_dify_commands[] = {
       ngx_http_dify_redis_directive,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("dify_status_redis_ssl_verify"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dify_main_conf_t, ssl_verify),
+      NULL },
+
+    { ngx_string("dify_status_redis_ssl_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dify_main_conf_t, ssl_trusted_certificate),
+      NULL },
+
+    { ngx_string("dify_status_redis_ssl_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dify_main_conf_t, ssl_name),
+      NULL },
+
+    { ngx_string("dify_status_redis_ssl_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dify_main_conf_t, ssl_certificate),
+      NULL },
+
+    { ngx_string("dify_status_redis_ssl_certificate_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dify_main_conf_t, ssl_certificate_key),
       NULL },
 
     { ngx_string("dify_status_redis_prefix"),
@@ -317,7 +336,6 @@ ngx_http_dify_handler(ngx_http_request_t *r)
 {
     ngx_int_t                  rc;
     dify_str_t                 dataset_id, action;
-    ngx_pool_cleanup_t        *cln;
     ngx_http_dify_ctx_t       *ctx;
     ngx_http_core_loc_conf_t  *clcf;
     ngx_http_dify_loc_conf_t  *dlcf;
@@ -354,31 +372,10 @@ ngx_http_dify_handler(ngx_http_request_t *r)
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "dify_status handler");
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_dify_ctx_t));
+    ctx = ngx_http_dify_ctx_create(r, ngx_http_dify_wait_handler);
     if (ctx == NULL) {
         return NGX_ERROR;
     }
-
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NGX_ERROR;
-    }
-
-    cln->handler = ngx_http_dify_cleanup;
-    cln->data = ctx;
-
-    /*
-     * set by ngx_pcalloc():
-     *
-     *     ctx->state = NGX_HTTP_DIFY_STATE_NEW;
-     */
-
-    ctx->request = r;
-    ctx->wait.handler = ngx_http_dify_wait_handler;
-    ctx->wait.data = r;
-    ctx->wait.log = r->connection->log;
-
-    ngx_http_set_ctx(r, ctx, ngx_http_dify_status_module);
 
     ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_CHECKED);
 
@@ -746,28 +743,6 @@ ngx_http_dify_body_bytes(ngx_http_request_t *r, size_t max, size_t *len)
 }
 
 
-void
-ngx_http_dify_reject(ngx_http_dify_ctx_t *ctx, ngx_uint_t code,
-    ngx_uint_t status, const char *message, size_t len)
-{
-    if (len == 0) {
-        len = ngx_strlen(message);
-    }
-
-    len = ngx_min(len, sizeof(ctx->message));
-
-    ngx_memcpy(ctx->message, message, len);
-    ctx->message_len = len;
-
-    ctx->code = code;
-    ctx->status = status;
-
-    if (ctx->outcome == NGX_HTTP_DIFY_OUTCOME_NONE) {
-        ctx->outcome = NGX_HTTP_DIFY_OUTCOME_REJECTED;
-    }
-}
-
-
 /* row 5: the body is larger than max bytes */
 
 static void
@@ -900,7 +875,7 @@ ngx_http_dify_refused(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
     ngx_uint_t  status;
 
     /* a Redis reply or the limiter's timer would come too late */
-    ngx_http_dify_cleanup(ctx);
+    ngx_http_dify_ctx_release(ctx);
 
     status = ngx_http_dify_refusal(r, ctx);
 
@@ -1106,55 +1081,6 @@ ngx_http_dify_wait_handler(ngx_event_t *ev)
 }
 
 
-static void
-ngx_http_dify_cleanup(void *data)
-{
-    ngx_http_dify_ctx_t  *ctx = data;
-
-    if (ctx->cmd != NULL) {
-        ngx_http_dify_redis_cancel(ctx->cmd);
-        ctx->cmd = NULL;
-    }
-
-    if (ctx->wait.timer_set) {
-        ngx_del_timer(&ctx->wait);
-    }
-
-    if (ctx->wait.posted) {
-        ngx_delete_posted_event(&ctx->wait);
-    }
-}
-
-
-/*
- * The module's context, also after an internal redirect, which clears
- * r->ctx: the pool cleanup still holds it (as the realip module does).
- */
-
-ngx_http_dify_ctx_t *
-ngx_http_dify_get_ctx(ngx_http_request_t *r)
-{
-    ngx_pool_cleanup_t   *cln;
-    ngx_http_dify_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_dify_status_module);
-
-    if (ctx != NULL || !(r->internal || r->filter_finalize)) {
-        return ctx;
-    }
-
-    for (cln = r->pool->cleanup; cln; cln = cln->next) {
-        if (cln->handler == ngx_http_dify_cleanup) {
-            ctx = cln->data;
-            ngx_http_set_ctx(r, ctx, ngx_http_dify_status_module);
-            return ctx;
-        }
-    }
-
-    return NULL;
-}
-
-
 static ngx_int_t
 ngx_http_dify_header_filter(ngx_http_request_t *r)
 {
@@ -1223,9 +1149,14 @@ ngx_http_dify_create_main_conf(ngx_conf_t *cf)
      *     mcf->redis = NULL;
      *     mcf->shm_zone = NULL;
      *     mcf->metrics_zone = NULL;
+     *     mcf->ssl_trusted_certificate = { 0, NULL };
+     *     mcf->ssl_name = { 0, NULL };
+     *     mcf->ssl_certificate = { 0, NULL };
+     *     mcf->ssl_certificate_key = { 0, NULL };
      */
 
     mcf->shm_size = NGX_CONF_UNSET_SIZE;
+    mcf->ssl_verify = NGX_CONF_UNSET;
 
     return mcf;
 }
@@ -1246,6 +1177,10 @@ ngx_http_dify_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     if (ngx_http_dify_metrics_init_conf(cf, mcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_dify_redis_init_conf(cf, mcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -1372,16 +1307,25 @@ ngx_http_dify_init_process(ngx_cycle_t *cycle)
     mcf = ngx_http_cycle_get_module_main_conf(cycle,
                                               ngx_http_dify_status_module);
 
-    if (mcf == NULL || mcf->redis == NULL) {
+    if (mcf == NULL) {
         return NGX_OK;
     }
 
-    return ngx_http_dify_redis_init_process(cycle, mcf->redis);
+    return ngx_http_dify_redis_init_process(cycle, mcf);
 }
 
 
 static void
 ngx_http_dify_exit_process(ngx_cycle_t *cycle)
 {
-    ngx_http_dify_redis_exit_process(cycle);
+    ngx_http_dify_main_conf_t  *mcf;
+
+    mcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                              ngx_http_dify_status_module);
+
+    if (mcf == NULL) {
+        return;
+    }
+
+    ngx_http_dify_redis_exit_process(cycle, mcf);
 }

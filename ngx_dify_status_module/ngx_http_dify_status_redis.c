@@ -2,21 +2,14 @@
 /*
  * Copyright (C) The ngx_dify_status_module authors
  *
- * The Redis connection: one per worker, opened in init_process, driven
- * by the worker's event loop through hiredis's asynchronous API, and
- * shared by all requests, whose commands hiredis pipelines and answers
- * in order.  A connection counts as up once its handshake (AUTH,
- * SELECT, PING) has been answered; while it is down, commands are
- * refused at once and the connection is re-established from a timer
- * with a growing delay.
+ * The command layer between the limiter and the Redis transport: the
+ * worker's Redis (one connection per configured server, made in
+ * init_process from the cycle's pool and closed in exit_process), the
+ * scripts (loaded by every new connection's handshake), and EVALSHA
+ * with its NOSCRIPT recovery, so that the full script is sent once per
+ * connection, not once per request in flight.
  *
- * Each command's wait is Redis's delay alone, never the worker's: its
- * deadline is counted from when hiredis wrote it to the socket, on a
- * fresh clock (nginx's cached one still reads the start of the current
- * pass of the event loop, however long that pass has been), and before
- * a deadline is acted on, the replies already in the socket are read
- * (a stalled pass, or the accept mutex, which posts read events after
- * the timers, can leave them there).
+ * The dify_status_redis directive is parsed here too.
  */
 
 
@@ -24,131 +17,68 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
-#include <hiredis/hiredis.h>
-#include <hiredis/async.h>
-#include <hiredis/sds.h>
-
 #include "ngx_http_dify_status.h"
 
 
 #define NGX_HTTP_DIFY_REDIS_PORT           6379
 #define NGX_HTTP_DIFY_REDIS_TIMEOUT        50       /* in milliseconds */
 #define NGX_HTTP_DIFY_REDIS_CONNECT        200      /* in milliseconds */
-#define NGX_HTTP_DIFY_REDIS_BACKOFF_MIN    50       /* in milliseconds */
-#define NGX_HTTP_DIFY_REDIS_BACKOFF_MAX    500      /* in milliseconds */
+#define NGX_HTTP_DIFY_REDIS_MAX_ARGS       16
 
-/* what redisBufferRead() reads at most at a time */
-#define NGX_HTTP_DIFY_REDIS_READ_SIZE      (16 * 1024)
-
-/* the kind of failure last logged: each is logged once, not per attempt */
-#define NGX_HTTP_DIFY_REDIS_LOG_NONE       0
-#define NGX_HTTP_DIFY_REDIS_LOG_NETWORK    1        /* refused, lost, hung */
-#define NGX_HTTP_DIFY_REDIS_LOG_HANDSHAKE  2        /* an error reply */
+/* an error class seen again after this long is logged again */
+#define NGX_HTTP_DIFY_REDIS_ERR_RELOG      60000    /* in milliseconds */
 
 
-struct ngx_http_dify_redis_cmd_s {
-    ngx_http_dify_redis_pt         handler;     /* NULL: cancelled or done */
-    void                          *data;
-    ngx_queue_t                    queue;       /* queued, then pending */
+struct ngx_http_dify_redis_s {
+    ngx_http_dify_redis_conf_t    *conf;
+    ngx_http_dify_redis_conn_t    *conn;
+    ngx_log_t                     *log;
+    ngx_queue_t                    reqs;        /* in flight */
 
-    /* until written, a backstop: connect_timeout + timeout from queued */
-    ngx_event_t                    timer;
-
-    uint64_t                       end;         /* output offset past it */
-    ngx_msec_t                     timeout;     /* from written */
-    ngx_msec_t                     written;     /* fresh clock, in ms */
-    ngx_msec_t                     deadline;    /* fresh clock, in ms */
-    uint64_t                       start;       /* written, in us */
-    unsigned                       is_written:1;
+    /* the class of the last error reply logged, and when last seen */
+    dify_redis_err_e               err;
+    ngx_msec_t                     err_seen;
 };
 
 
-typedef struct {
-    ngx_http_dify_redis_conf_t    *conf;
-    ngx_log_t                     *log;
-
-    /* NULL while there is no connection, set in connect, cleared in cleanup */
-    redisAsyncContext             *ac;
-
-    /* written and not yet called back, oldest first */
-    ngx_queue_t                    pending;
-
-    /* given to hiredis, not yet (wholly) written, in order */
-    ngx_queue_t                    queued;
-
-    /* bytes given to hiredis on this connection, handshake included */
-    uint64_t                       appended;
-
-    /* the command whose deadline is being acted on, NULL once freed */
-    ngx_http_dify_redis_cmd_t     *expiring;
-
-    ngx_event_t                    reconnect;
-    ngx_event_t                    handshake;   /* connect_timeout */
-    ngx_event_t                    drop;        /* posted */
-
-    ngx_msec_t                     backoff;     /* the next reconnect delay */
-    ngx_msec_t                     last_reply;  /* fresh clock, in ms */
-    ngx_uint_t                     logged;      /* _LOG_* */
-
-    unsigned                       configured:1;
-    unsigned                       connected:1; /* handshake answered */
-    unsigned                       dropping:1;  /* free requested, logged */
-    unsigned                       exiting:1;
-} ngx_http_dify_redis_t;
+/* a script call in flight: its arguments are kept for a second try */
+struct ngx_http_dify_redis_req_s {
+    ngx_http_dify_redis_t         *rs;
+    ngx_queue_t                    queue;
+    ngx_http_dify_redis_script_t  *script;
+    ngx_http_dify_redis_cmd_t     *cmd;
+    ngx_http_dify_redis_pt         handler;     /* NULL: cancelled */
+    void                          *data;
+    int                            argc;        /* after the script */
+    const char                    *argv[NGX_HTTP_DIFY_REDIS_MAX_ARGS];
+    size_t                         argvlen[NGX_HTTP_DIFY_REDIS_MAX_ARGS];
+    unsigned                       retried:1;
+    /* followed by the arguments' bytes */
+};
 
 
-static ngx_uint_t ngx_http_dify_redis_connecting(void);
-static void ngx_http_dify_redis_connect(void);
-static void ngx_http_dify_redis_connect_handler(const redisAsyncContext *ac,
-    int status);
-static void ngx_http_dify_redis_handshake_handler(redisAsyncContext *ac,
-    void *r, void *privdata);
-static void ngx_http_dify_redis_reply_handler(redisAsyncContext *ac, void *r,
-    void *privdata);
-static void ngx_http_dify_redis_drop(void);
-static void ngx_http_dify_redis_schedule(void);
-static void ngx_http_dify_redis_written(void);
-static ngx_uint_t ngx_http_dify_redis_catch_up(void);
-static void ngx_http_dify_redis_hung(ngx_uint_t stuck);
-static void ngx_http_dify_redis_free_cmd(ngx_http_dify_redis_cmd_t *cmd);
-static void ngx_http_dify_redis_arm(ngx_event_t *ev, ngx_msec_t deadline);
-
-static void ngx_http_dify_redis_read_handler(ngx_event_t *rev);
-static void ngx_http_dify_redis_write_handler(ngx_event_t *wev);
-static void ngx_http_dify_redis_add_read(void *privdata);
-static void ngx_http_dify_redis_del_read(void *privdata);
-static void ngx_http_dify_redis_add_write(void *privdata);
-static void ngx_http_dify_redis_del_write(void *privdata);
-static void ngx_http_dify_redis_cleanup(void *privdata);
-
-static void ngx_http_dify_redis_timeout_handler(ngx_event_t *ev);
-static void ngx_http_dify_redis_reconnect_handler(ngx_event_t *ev);
-static void ngx_http_dify_redis_handshake_timeout(ngx_event_t *ev);
-static void ngx_http_dify_redis_drop_handler(ngx_event_t *ev);
-
-static ngx_msec_t ngx_http_dify_redis_msec(void);
-static uint64_t ngx_http_dify_redis_usec(void);
+static ngx_int_t ngx_http_dify_redis_send(ngx_http_dify_redis_req_t *req,
+    ngx_uint_t eval, ngx_msec_t timeout);
+static void ngx_http_dify_redis_reply(redisReply *reply, void *data);
+static void ngx_http_dify_redis_error(ngx_http_dify_redis_t *rs,
+    redisReply *reply);
 static ngx_int_t ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst,
     u_char *src, size_t len);
-
-
-/*
- * Per-worker state: zeroed and filled in init_process, torn down in
- * exit_process.  A worker is a process of its own and serves a single
- * cycle, so nothing here outlives the configuration it points to.
- */
-static ngx_http_dify_redis_t  ngx_http_dify_redis;
+#if (NGX_SSL)
+static ngx_int_t ngx_http_dify_redis_set_ssl(ngx_conf_t *cf,
+    ngx_http_dify_main_conf_t *mcf, ngx_http_dify_redis_conf_t *rcf);
+#endif
 
 
 ngx_int_t
 ngx_http_dify_redis_init_process(ngx_cycle_t *cycle,
-    ngx_http_dify_redis_conf_t *rcf)
+    ngx_http_dify_main_conf_t *mcf)
 {
-    ngx_http_dify_redis_t  *rd;
+    ngx_http_dify_redis_t  *rs;
 
-    rd = &ngx_http_dify_redis;
+    mcf->rs = NULL;
 
-    if (rcf == NULL) {
+    if (mcf->redis == NULL) {
         return NGX_OK;
     }
 
@@ -160,1254 +90,527 @@ ngx_http_dify_redis_init_process(ngx_cycle_t *cycle,
         return NGX_OK;
     }
 
-    ngx_memzero(rd, sizeof(ngx_http_dify_redis_t));
+    rs = ngx_pcalloc(cycle->pool, sizeof(ngx_http_dify_redis_t));
+    if (rs == NULL) {
+        return NGX_ERROR;
+    }
 
-    rd->conf = rcf;
-    rd->log = cycle->log;
+    rs->conf = mcf->redis;
+    rs->log = cycle->log;
+    ngx_queue_init(&rs->reqs);
 
-    ngx_queue_init(&rd->pending);
-    ngx_queue_init(&rd->queued);
+    rs->conn = ngx_http_dify_redis_conn_create(cycle, mcf->redis);
+    if (rs->conn == NULL) {
+        return NGX_ERROR;
+    }
 
-    rd->reconnect.handler = ngx_http_dify_redis_reconnect_handler;
-    rd->reconnect.data = rd;
-    rd->reconnect.log = cycle->log;
-    rd->reconnect.cancelable = 1;
-
-    rd->handshake.handler = ngx_http_dify_redis_handshake_timeout;
-    rd->handshake.data = rd;
-    rd->handshake.log = cycle->log;
-    rd->handshake.cancelable = 1;
-
-    rd->drop.handler = ngx_http_dify_redis_drop_handler;
-    rd->drop.data = rd;
-    rd->drop.log = cycle->log;
-
-    rd->backoff = NGX_HTTP_DIFY_REDIS_BACKOFF_MIN;
-    rd->configured = 1;
-
-    ngx_http_dify_redis_connect();
+    mcf->rs = rs;
 
     return NGX_OK;
 }
 
 
 void
-ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle)
+ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle,
+    ngx_http_dify_main_conf_t *mcf)
 {
-    ngx_http_dify_redis_t  *rd;
+    ngx_queue_t                *q;
+    ngx_http_dify_redis_req_t  *req;
 
-    rd = &ngx_http_dify_redis;
-
-    if (!rd->configured) {
+    if (mcf->rs == NULL) {
         return;
     }
 
-    /* from now on, callbacks free their records and call no handler */
-    rd->exiting = 1;
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, cycle->log, 0,
+                   "dify_status redis: closing on exit");
 
-    if (rd->reconnect.timer_set) {
-        ngx_del_timer(&rd->reconnect);
+    ngx_http_dify_redis_conn_close(mcf->rs->conn);
+
+    /* called back by nobody now */
+
+    while (!ngx_queue_empty(&mcf->rs->reqs)) {
+        q = ngx_queue_head(&mcf->rs->reqs);
+        req = ngx_queue_data(q, ngx_http_dify_redis_req_t, queue);
+
+        ngx_queue_remove(q);
+        ngx_free(req);
     }
 
-    if (rd->handshake.timer_set) {
-        ngx_del_timer(&rd->handshake);
-    }
-
-    if (rd->drop.posted) {
-        ngx_delete_posted_event(&rd->drop);
-    }
-
-    if (rd->ac != NULL) {
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, cycle->log, 0,
-                       "dify_status redis: closing on exit");
-
-        /*
-         * not called from a hiredis callback, so the context is freed
-         * now: the pending callbacks run with a NULL reply, then the
-         * cleanup hook releases the nginx connection, then hiredis
-         * closes the socket
-         */
-
-        redisAsyncFree(rd->ac);
-    }
-
-    rd->configured = 0;
-}
-
-
-ngx_uint_t
-ngx_http_dify_redis_is_up(void)
-{
-    ngx_http_dify_redis_t  *rd;
-
-    rd = &ngx_http_dify_redis;
-
-    if (!rd->connected || rd->dropping || rd->exiting || rd->ac == NULL) {
-        return 0;
-    }
-
-    /* set while hiredis runs the pending callbacks of a lost connection */
-
-    if (rd->ac->c.flags & (REDIS_DISCONNECTING|REDIS_FREEING)) {
-        return 0;
-    }
-
-    return 1;
+    mcf->rs = NULL;
 }
 
 
 /*
- * A connection whose handshake is under way, opened when nothing has
- * failed since the last success (a new worker: at start, after a
- * reload): commands queue behind the handshake, hiredis keeps them in
- * order, and each is still bounded by connect_timeout + its timeout
- * until written, by its timeout after that.  After a
- * failure (Redis lost, refused, hung, a handshake error) commands are
- * refused until the handshake is answered, so that an outage costs no
- * timeout per request.
+ * A script of the limiter's, at configuration time: its SHA-1 for
+ * EVALSHA, and SCRIPT LOAD in every new connection's handshake.
  */
 
-static ngx_uint_t
-ngx_http_dify_redis_connecting(void)
+ngx_http_dify_redis_script_t *
+ngx_http_dify_redis_script(ngx_conf_t *cf, ngx_http_dify_redis_conf_t *rcf,
+    const char *text)
 {
-    ngx_http_dify_redis_t  *rd;
+    int                            len;
+    char                          *cmd;
+    size_t                         argvlen[3];
+    ngx_str_t                     *init;
+    const char                    *argv[3];
+    ngx_http_dify_redis_script_t  *script;
 
-    rd = &ngx_http_dify_redis;
+    script = ngx_pcalloc(cf->pool, sizeof(ngx_http_dify_redis_script_t));
+    if (script == NULL) {
+        return NULL;
+    }
 
-    if (rd->ac == NULL || rd->connected || rd->dropping || rd->exiting
-        || rd->logged != NGX_HTTP_DIFY_REDIS_LOG_NONE)
+    script->text.data = (u_char *) text;
+    script->text.len = ngx_strlen(text);
+
+    if (dify_sha1_hex(script->text.data, script->text.len,
+                      (char *) script->sha1)
+        != 0)
     {
-        return 0;
+        return NULL;
     }
 
-    if (rd->ac->c.flags & (REDIS_DISCONNECTING|REDIS_FREEING)) {
-        return 0;
+    if (rcf->init == NULL) {
+        rcf->init = ngx_array_create(cf->pool, 1, sizeof(ngx_str_t));
+        if (rcf->init == NULL) {
+            return NULL;
+        }
     }
 
-    return 1;
+    argv[0] = "SCRIPT";
+    argvlen[0] = sizeof("SCRIPT") - 1;
+    argv[1] = "LOAD";
+    argvlen[1] = sizeof("LOAD") - 1;
+    argv[2] = text;
+    argvlen[2] = script->text.len;
+
+    len = redisFormatCommandArgv(&cmd, 3, argv, argvlen);
+    if (len < 0) {
+        return NULL;
+    }
+
+    init = ngx_array_push(rcf->init);
+    if (init == NULL) {
+        free(cmd);
+        return NULL;
+    }
+
+    init->len = len;
+    init->data = ngx_pnalloc(cf->pool, len);
+    if (init->data == NULL) {
+        free(cmd);
+        return NULL;
+    }
+
+    ngx_memcpy(init->data, cmd, len);
+    free(cmd);
+
+    return script;
 }
 
 
-ngx_http_dify_redis_cmd_t *
-ngx_http_dify_redis_command(ngx_http_dify_redis_pt handler, void *data,
-    ngx_msec_t timeout, int argc, const char **argv, const size_t *argvlen)
+/*
+ * EVALSHA sha argv..., or EVAL with the script itself after a NOSCRIPT.
+ * The handler is called exactly once, as the transport's is, unless
+ * cancelled first or the worker is exiting.
+ */
+
+ngx_http_dify_redis_req_t *
+ngx_http_dify_redis_eval(ngx_http_dify_redis_t *rs,
+    ngx_http_dify_redis_script_t *script, ngx_http_dify_redis_pt handler,
+    void *data, ngx_msec_t timeout, int argc, const char **argv,
+    const size_t *argvlen)
 {
-    size_t                      before;
-    ngx_http_dify_redis_t      *rd;
-    ngx_http_dify_redis_cmd_t  *cmd;
+    int                         i;
+    u_char                     *p;
+    size_t                      size;
+    ngx_http_dify_redis_req_t  *req;
 
-    rd = &ngx_http_dify_redis;
-
-    /* hiredis asserts on an empty command */
-
-    if (argc < 1 || timeout == 0) {
+    if (rs == NULL || argc < 1 || argc > NGX_HTTP_DIFY_REDIS_MAX_ARGS - 2) {
         return NULL;
     }
 
-    if (!ngx_http_dify_redis_is_up() && !ngx_http_dify_redis_connecting()) {
+    size = sizeof(ngx_http_dify_redis_req_t);
+
+    for (i = 0; i < argc; i++) {
+        size += argvlen[i];
+    }
+
+    req = ngx_alloc(size, rs->log);
+    if (req == NULL) {
         return NULL;
     }
 
-    cmd = ngx_calloc(sizeof(ngx_http_dify_redis_cmd_t), rd->log);
-    if (cmd == NULL) {
+    ngx_memzero(req, sizeof(ngx_http_dify_redis_req_t));
+
+    req->rs = rs;
+    req->script = script;
+    req->handler = handler;
+    req->data = data;
+    req->argc = argc;
+
+    p = (u_char *) req + sizeof(ngx_http_dify_redis_req_t);
+
+    for (i = 0; i < argc; i++) {
+        req->argv[i + 2] = (const char *) p;
+        req->argvlen[i + 2] = argvlen[i];
+        p = ngx_cpymem(p, argv[i], argvlen[i]);
+    }
+
+    if (ngx_http_dify_redis_send(req, 0, timeout) != NGX_OK) {
+        ngx_free(req);
         return NULL;
     }
 
-    cmd->handler = handler;
-    cmd->data = data;
-    cmd->timeout = timeout;
+    ngx_queue_insert_tail(&rs->reqs, &req->queue);
 
-    cmd->timer.handler = ngx_http_dify_redis_timeout_handler;
-    cmd->timer.data = cmd;
-    cmd->timer.log = rd->log;
-
-    ngx_queue_insert_tail(&rd->queued, &cmd->queue);
-
-    before = sdslen(rd->ac->c.obuf);
-
-    if (redisAsyncCommandArgv(rd->ac, ngx_http_dify_redis_reply_handler, cmd,
-                              argc, argv, argvlen)
-        != REDIS_OK)
-    {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "redisAsyncCommandArgv() failed");
-
-        ngx_queue_remove(&cmd->queue);
-        ngx_free(cmd);
-        return NULL;
-    }
-
-    /* hiredis appends the command to its output buffer, sent later */
-
-    rd->appended += sdslen(rd->ac->c.obuf) - before;
-    cmd->end = rd->appended;
-
-    /*
-     * A backstop until the command is written, normally in the next
-     * pass of the event loop, when the write handler re-arms the timer
-     * for the command's own timeout: it fires only when the socket does
-     * not take the command (Redis reads nothing, or the connection is
-     * not established yet).
-     */
-
-    ngx_http_dify_redis_arm(&cmd->timer, ngx_http_dify_redis_msec()
-                                         + rd->conf->connect_timeout
-                                         + timeout);
-
-    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: command %p %*s, timeout %M ms",
-                   cmd, argvlen[0], argv[0], timeout);
-
-    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_COMMANDS);
-
-    return cmd;
-}
-
-
-ngx_msec_t
-ngx_http_dify_redis_left(ngx_http_dify_redis_cmd_t *cmd)
-{
-    ngx_msec_int_t  left;
-
-    /*
-     * Counted to the start of this pass of the event loop (the cached
-     * clock), not to now: a reply read in this pass was in the socket
-     * when the pass began, unless it came during the pass.
-     */
-
-    left = (ngx_msec_int_t) (cmd->deadline - ngx_current_msec);
-
-    if (!cmd->is_written || left <= 0) {
-        return 0;
-    }
-
-    return ngx_min((ngx_msec_t) left, cmd->timeout);
+    return req;
 }
 
 
 void
-ngx_http_dify_redis_cancel(ngx_http_dify_redis_cmd_t *cmd)
+ngx_http_dify_redis_cancel(ngx_http_dify_redis_req_t *req)
 {
-    ngx_http_dify_redis_t  *rd;
-
-    rd = &ngx_http_dify_redis;
-
-    if (cmd == NULL || cmd->handler == NULL) {
+    if (req == NULL) {
         return;
     }
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: cancel %p", cmd);
+    /* the transport calls nothing back for a cancelled command */
 
-    /* the record stays queued until hiredis calls it back, then is freed */
+    ngx_http_dify_redis_conn_cancel(req->cmd);
 
-    cmd->handler = NULL;
-    cmd->data = NULL;
-
-    if (cmd->timer.timer_set) {
-        ngx_del_timer(&cmd->timer);
-    }
+    ngx_queue_remove(&req->queue);
+    ngx_free(req);
 }
 
 
-static void
-ngx_http_dify_redis_connect(void)
+static ngx_int_t
+ngx_http_dify_redis_send(ngx_http_dify_redis_req_t *req, ngx_uint_t eval,
+    ngx_msec_t timeout)
 {
-    int                          argc;
-    u_char                      *p, db[NGX_INT_T_LEN];
-    size_t                       argvlen[3];
-    const char                  *argv[3];
-    ngx_connection_t            *c;
-    redisAsyncContext           *ac;
-    ngx_http_dify_redis_t       *rd;
-    ngx_http_dify_redis_conf_t  *rcf;
-
-    rd = &ngx_http_dify_redis;
-    rcf = rd->conf;
-
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: connecting to \"%V\"", &rcf->address);
-
-    /* an IP address or a path: no name lookup, so no blocking call */
-
-    if (rcf->unix_path.len) {
-        ac = redisAsyncConnectUnix((const char *) rcf->unix_path.data);
+    if (eval) {
+        req->argv[0] = "EVAL";
+        req->argvlen[0] = sizeof("EVAL") - 1;
+        req->argv[1] = (const char *) req->script->text.data;
+        req->argvlen[1] = req->script->text.len;
 
     } else {
-        ac = redisAsyncConnect((const char *) rcf->host.data,
-                               (int) rcf->port);
+        req->argv[0] = "EVALSHA";
+        req->argvlen[0] = sizeof("EVALSHA") - 1;
+        req->argv[1] = (const char *) req->script->sha1;
+        req->argvlen[1] = DIFY_SHA1_HEX_LEN;
     }
 
-    if (ac == NULL) {
-        ngx_log_error(NGX_LOG_ALERT, rd->log, 0,
-                      "redisAsyncConnect() failed");
-        ngx_http_dify_redis_schedule();
-        return;
+    req->cmd = ngx_http_dify_redis_conn_send(req->rs->conn,
+                                             ngx_http_dify_redis_reply, req,
+                                             timeout, req->argc + 2,
+                                             req->argv, req->argvlen);
+    if (req->cmd == NULL) {
+        return NGX_ERROR;
     }
 
-    if (ac->err) {
-        if (rd->logged != NGX_HTTP_DIFY_REDIS_LOG_NETWORK) {
-            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                          "redis \"%V\" unreachable: %s",
-                          &rcf->address, ac->errstr);
-            rd->logged = NGX_HTTP_DIFY_REDIS_LOG_NETWORK;
+    return NGX_OK;
+}
 
-        } else {
-            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                           "dify_status redis: connect failed: %s",
-                           ac->errstr);
-        }
 
-        /* no hooks yet: hiredis closes the socket, if any, and frees */
-        redisAsyncFree(ac);
+static void
+ngx_http_dify_redis_reply(redisReply *reply, void *data)
+{
+    ngx_http_dify_redis_req_t *req = data;
 
-        ngx_http_dify_redis_schedule();
-        return;
-    }
+    void                        *hdata;
+    ngx_msec_t                   left;
+    ngx_uint_t                   eval;
+    ngx_http_dify_redis_pt       handler;
+    ngx_http_dify_redis_cmd_t   *cmd;
+    ngx_http_dify_redis_conn_t  *conn;
 
-    c = ngx_get_connection(ac->c.fd, rd->log);
-    if (c == NULL) {
-        redisAsyncFree(ac);
-        ngx_http_dify_redis_schedule();
-        return;
-    }
+    cmd = req->cmd;
+    conn = req->rs->conn;
 
-    c->data = ac;
-    c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
+    req->cmd = NULL;
 
-    c->read->handler = ngx_http_dify_redis_read_handler;
-    c->write->handler = ngx_http_dify_redis_write_handler;
-    c->read->log = c->log;
-    c->write->log = c->log;
-
-    rd->ac = ac;
-    rd->connected = 0;
-    rd->dropping = 0;
-    rd->appended = 0;
-
-    /* hiredis calls the hooks from now on, the cleanup hook included */
-
-    ac->ev.data = c;
-    ac->ev.addRead = ngx_http_dify_redis_add_read;
-    ac->ev.delRead = ngx_http_dify_redis_del_read;
-    ac->ev.addWrite = ngx_http_dify_redis_add_write;
-    ac->ev.delWrite = ngx_http_dify_redis_del_write;
-    ac->ev.cleanup = ngx_http_dify_redis_cleanup;
-
-    /* waits for the socket to become writable, that is connected */
-    (void) redisAsyncSetConnectCallback(ac,
-                                        ngx_http_dify_redis_connect_handler);
-
-    /*
-     * queued now, sent once connected; the privdata of each is its
-     * name, a string literal, and PING is always the last
-     */
-
-    if (rcf->password.len) {
-        argc = 0;
-        argv[argc] = "AUTH";
-        argvlen[argc++] = sizeof("AUTH") - 1;
-
-        if (rcf->user.len) {
-            argv[argc] = (const char *) rcf->user.data;
-            argvlen[argc++] = rcf->user.len;
-        }
-
-        argv[argc] = (const char *) rcf->password.data;
-        argvlen[argc++] = rcf->password.len;
-
-        if (redisAsyncCommandArgv(ac, ngx_http_dify_redis_handshake_handler,
-                                  (void *) argv[0], argc, argv, argvlen)
-            != REDIS_OK)
-        {
-            goto failed;
-        }
-    }
-
-    if (rcf->db) {
-        p = ngx_sprintf(db, "%i", rcf->db);
-
-        argv[0] = "SELECT";
-        argvlen[0] = sizeof("SELECT") - 1;
-        argv[1] = (const char *) db;
-        argvlen[1] = p - db;
-
-        if (redisAsyncCommandArgv(ac, ngx_http_dify_redis_handshake_handler,
-                                  (void *) argv[0], 2, argv, argvlen)
-            != REDIS_OK)
-        {
-            goto failed;
-        }
-    }
-
-    argv[0] = "PING";
-    argvlen[0] = sizeof("PING") - 1;
-
-    if (redisAsyncCommandArgv(ac, ngx_http_dify_redis_handshake_handler,
-                              (void *) argv[0], 1, argv, argvlen)
-        != REDIS_OK)
+    if (reply != NULL
+        && reply->type == REDIS_REPLY_ERROR
+        && reply->len >= 8
+        && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
+        && !req->retried)
     {
-        goto failed;
-    }
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_NOSCRIPT);
 
-    /* the handshake is written before any command queued behind it */
-    rd->appended = sdslen(ac->c.obuf);
+        req->retried = 1;
 
-    /* from now: connect() has just been called */
+        /*
+         * Redis lost its scripts (a restart, SCRIPT FLUSH, or a SCRIPT
+         * LOAD the ACL refuses).  The first NOSCRIPT since the last full
+         * script sent on this connection sends it again with EVAL; the
+         * commands sent before that EVAL try EVALSHA again, now queued
+         * behind it.  In what is left of the request's time.
+         */
 
-    ngx_http_dify_redis_arm(&rd->handshake,
-                            ngx_http_dify_redis_msec() + rcf->connect_timeout);
+        eval = (ngx_http_dify_redis_cmd_epoch(cmd)
+                == ngx_http_dify_redis_conn_epoch(conn));
 
-    return;
+        left = ngx_http_dify_redis_conn_left(cmd);
 
-failed:
+        if (left != 0 && ngx_http_dify_redis_send(req, eval, left) == NGX_OK) {
 
-    ngx_log_error(NGX_LOG_ALERT, rd->log, 0,
-                  "redisAsyncCommandArgv() failed");
+            if (eval) {
+                ngx_http_dify_redis_conn_bump(conn);
+            }
 
-    rd->dropping = 1;
-
-    /* not in a callback: freed now, and the cleanup hook reschedules */
-    redisAsyncFree(ac);
-}
-
-
-static void
-ngx_http_dify_redis_connect_handler(const redisAsyncContext *ac, int status)
-{
-    /*
-     * Called before a failed context is freed by hiredis itself (the
-     * cleanup hook follows), so nothing is freed or reconnected here.
-     */
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_http_dify_redis.log, 0,
-                   "dify_status redis: connect status %d: %s",
-                   status, status == REDIS_OK ? "ok" : ac->c.errstr);
-}
-
-
-static void
-ngx_http_dify_redis_handshake_handler(redisAsyncContext *ac, void *r,
-    void *privdata)
-{
-    redisReply             *reply = r;
-    const char             *name = privdata;
-
-    ngx_http_dify_redis_t  *rd;
-
-    rd = &ngx_http_dify_redis;
-
-    /* NULL: the context is being freed, the cleanup hook follows */
-
-    if (reply == NULL || rd->exiting || rd->dropping || ac != rd->ac) {
-        return;
-    }
-
-    rd->last_reply = ngx_http_dify_redis_msec();
-
-    if (reply->type == REDIS_REPLY_ERROR) {
-
-        if (rd->logged != NGX_HTTP_DIFY_REDIS_LOG_HANDSHAKE) {
-            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                          "redis \"%V\" unreachable: %s failed: %*s",
-                          &rd->conf->address, name,
-                          (size_t) reply->len, reply->str);
-            rd->logged = NGX_HTTP_DIFY_REDIS_LOG_HANDSHAKE;
-        }
-
-        ngx_http_dify_redis_drop();
-        return;
-    }
-
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: handshake %s done", name);
-
-    if (ngx_strcmp(name, "PING") != 0) {
-        return;
-    }
-
-    if (rd->handshake.timer_set) {
-        ngx_del_timer(&rd->handshake);
-    }
-
-    rd->connected = 1;
-    rd->backoff = NGX_HTTP_DIFY_REDIS_BACKOFF_MIN;
-    rd->logged = NGX_HTTP_DIFY_REDIS_LOG_NONE;
-
-    ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
-                  "redis \"%V\" connected", &rd->conf->address);
-}
-
-
-static void
-ngx_http_dify_redis_reply_handler(redisAsyncContext *ac, void *r,
-    void *privdata)
-{
-    redisReply                 *reply = r;
-    ngx_http_dify_redis_cmd_t  *cmd = privdata;
-
-    void                       *data;
-    ngx_http_dify_redis_t      *rd;
-    ngx_http_dify_redis_pt      handler;
-
-    rd = &ngx_http_dify_redis;
-
-    ngx_queue_remove(&cmd->queue);
-
-    if (cmd->timer.timer_set) {
-        ngx_del_timer(&cmd->timer);
-    }
-
-    if (reply != NULL) {
-        rd->last_reply = ngx_http_dify_redis_msec();
-    }
-
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: reply %p type:%d cancelled:%d",
-                   cmd, reply ? reply->type : 0, cmd->handler == NULL);
-
-    if (cmd->handler == NULL || rd->exiting) {
-        ngx_http_dify_redis_free_cmd(cmd);
-        return;
-    }
-
-    if (reply != NULL) {
-        ngx_http_dify_metrics_rtt((ngx_msec_int_t)
-                                  (ngx_http_dify_redis_usec() - cmd->start));
-    }
-
-    /* error replies are counted by the caller, which knows NOSCRIPT */
-
-    if (reply == NULL) {
-        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
-    }
-
-    /*
-     * The handler may send new commands, or cancel others; a cancel of
-     * this very record from inside it finds the handler cleared.
-     */
-
-    handler = cmd->handler;
-    data = cmd->data;
-
-    cmd->handler = NULL;
-    cmd->data = NULL;
-
-    handler(reply, data);
-
-    ngx_http_dify_redis_free_cmd(cmd);
-}
-
-
-static void
-ngx_http_dify_redis_drop(void)
-{
-    ngx_http_dify_redis_t  *rd;
-
-    rd = &ngx_http_dify_redis;
-
-    /*
-     * The reason has been logged by the caller.  The context is freed
-     * from a posted event, never from a hiredis callback or an event
-     * hook (hiredis would still use it afterwards), nor from inside a
-     * request's timer handler, which would see other requests' handlers
-     * called with NULL before it returns.
-     */
-
-    rd->dropping = 1;
-
-    if (!rd->drop.posted) {
-        ngx_post_event(&rd->drop, &ngx_posted_events);
-    }
-}
-
-
-static void
-ngx_http_dify_redis_schedule(void)
-{
-    ngx_http_dify_redis_t  *rd;
-
-    rd = &ngx_http_dify_redis;
-
-    if (rd->exiting || rd->reconnect.timer_set) {
-        return;
-    }
-
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: reconnect in %M ms", rd->backoff);
-
-    ngx_add_timer(&rd->reconnect, rd->backoff);
-
-    rd->backoff = ngx_min(rd->backoff * 2, NGX_HTTP_DIFY_REDIS_BACKOFF_MAX);
-}
-
-
-static void
-ngx_http_dify_redis_read_handler(ngx_event_t *rev)
-{
-    ngx_connection_t  *c;
-
-    c = rev->data;
-
-    /* the context and c may be freed when this returns: touch neither */
-    redisAsyncHandleRead(c->data);
-}
-
-
-static void
-ngx_http_dify_redis_write_handler(ngx_event_t *wev)
-{
-    ngx_connection_t   *c;
-    redisAsyncContext  *ac;
-
-    c = wev->data;
-    ac = c->data;
-
-    /*
-     * The context and c may be freed when this returns: touch neither
-     * unless rd->ac still points to it (the cleanup hook clears it, and
-     * a new context is only ever made from the reconnect timer).
-     */
-
-    redisAsyncHandleWrite(ac);
-
-    if (ngx_http_dify_redis.ac == ac) {
-        ngx_http_dify_redis_written();
-    }
-}
-
-
-/*
- * After hiredis wrote: the commands now wholly in the socket get their
- * deadline, their timeout from now on a fresh clock.  ngx_add_timer()
- * counts from ngx_current_msec, which may be far behind now: the timer
- * is armed for the difference too, so that it fires at the deadline.
- */
-
-static void
-ngx_http_dify_redis_written(void)
-{
-    uint64_t                    written, usec;
-    ngx_msec_t                  now;
-    ngx_queue_t                *q;
-    ngx_http_dify_redis_t      *rd;
-    ngx_http_dify_redis_cmd_t  *cmd;
-
-    rd = &ngx_http_dify_redis;
-
-    written = rd->appended - sdslen(rd->ac->c.obuf);
-
-    now = 0;
-    usec = 0;
-
-    while (!ngx_queue_empty(&rd->queued)) {
-        q = ngx_queue_head(&rd->queued);
-        cmd = ngx_queue_data(q, ngx_http_dify_redis_cmd_t, queue);
-
-        if (cmd->end > written) {
-            break;
-        }
-
-        if (usec == 0) {
-            now = ngx_http_dify_redis_msec();
-            usec = ngx_http_dify_redis_usec();
-        }
-
-        ngx_queue_remove(q);
-        ngx_queue_insert_tail(&rd->pending, q);
-
-        cmd->is_written = 1;
-        cmd->written = now;
-        cmd->deadline = now + cmd->timeout;
-        cmd->start = usec;
-
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                       "dify_status redis: written %p", cmd);
-
-        /* a cancelled command keeps no timer */
-
-        if (cmd->handler != NULL) {
-            ngx_http_dify_redis_arm(&cmd->timer, cmd->deadline);
-        }
-    }
-}
-
-
-/*
- * Before a deadline is acted on: what the worker had no time for.  The
- * unwritten commands are written if the socket takes them, and the
- * replies already in the socket are read (hiredis reads 16 KiB at a
- * time: as many times as it takes for what is there now).  Either may
- * call handlers, free any command and free the context: the caller
- * learns what became of its command through rd->expiring.  Returns 1
- * when commands are left unwritten and the socket took none of them.
- */
-
-static ngx_uint_t
-ngx_http_dify_redis_catch_up(void)
-{
-    int                     n;
-    size_t                  unsent;
-    ngx_uint_t              reads, stuck;
-    redisAsyncContext      *ac;
-    ngx_http_dify_redis_t  *rd;
-
-    rd = &ngx_http_dify_redis;
-    ac = rd->ac;
-    stuck = 0;
-
-    if (ac == NULL || rd->dropping || rd->exiting
-        || !(ac->c.flags & REDIS_CONNECTED)
-        || (ac->c.flags & (REDIS_DISCONNECTING|REDIS_FREEING)))
-    {
-        return 0;
-    }
-
-    unsent = sdslen(ac->c.obuf);
-
-    if (unsent) {
-        redisAsyncHandleWrite(ac);
-
-        if (rd->ac != ac) {
-            return 0;
-        }
-
-        ngx_http_dify_redis_written();
-
-        stuck = (sdslen(ac->c.obuf) == unsent);
-    }
-
-#if (NGX_HAVE_FIONREAD)
-
-    if (ngx_socket_nread(ac->c.fd, &n) == -1 || n <= 0) {
-        return stuck;
-    }
-
-    for (reads = n / NGX_HTTP_DIFY_REDIS_READ_SIZE + 1; reads; reads--) {
-
-        redisAsyncHandleRead(ac);
-
-        if (rd->ac != ac || rd->dropping) {
-            return 0;
-        }
-
-        if (ngx_socket_nread(ac->c.fd, &n) == -1 || n <= 0) {
-            break;
-        }
-    }
-
-#else
-
-    /* nothing there: hiredis reads EAGAIN and carries on */
-
-    (void) n;
-    (void) reads;
-
-    redisAsyncHandleRead(ac);
-
-    if (rd->ac != ac || rd->dropping) {
-        return 0;
-    }
-
-#endif
-
-    return stuck;
-}
-
-
-/*
- * A deadline passed with nothing left unread.  Replies come in order:
- * the oldest command written has been waiting since it was written or
- * since the last reply, whichever came later, both on a fresh clock.
- * When that is longer than the timeout, Redis is hung (or the path to
- * it is): drop the connection rather than queue more commands on it.
- * With nothing written, "stuck" says that the socket takes no more.
- */
-
-static void
-ngx_http_dify_redis_hung(ngx_uint_t stuck)
-{
-    ngx_msec_t                  since;
-    ngx_queue_t                *q;
-    ngx_msec_int_t              waited;
-    ngx_http_dify_redis_t      *rd;
-    ngx_http_dify_redis_cmd_t  *first;
-
-    rd = &ngx_http_dify_redis;
-
-    if (!ngx_http_dify_redis_is_up()) {
-        return;
-    }
-
-    if (!ngx_queue_empty(&rd->pending)) {
-        q = ngx_queue_head(&rd->pending);
-        first = ngx_queue_data(q, ngx_http_dify_redis_cmd_t, queue);
-
-        since = first->written;
-
-        if ((ngx_msec_int_t) (rd->last_reply - since) > 0) {
-            since = rd->last_reply;
-        }
-
-        waited = (ngx_msec_int_t) (ngx_http_dify_redis_msec() - since);
-
-        if (waited < (ngx_msec_int_t) rd->conf->timeout) {
             return;
         }
-
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "redis \"%V\" lost: no reply for %M ms, reconnecting",
-                      &rd->conf->address, (ngx_msec_t) waited);
-
-    } else if (stuck) {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "redis \"%V\" lost: it takes no commands, "
-                      "reconnecting", &rd->conf->address);
-
-    } else {
-        return;
     }
 
-    rd->logged = NGX_HTTP_DIFY_REDIS_LOG_NETWORK;
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        ngx_http_dify_redis_error(req->rs, reply);
+    }
 
-    ngx_http_dify_redis_drop();
+    handler = req->handler;
+    hdata = req->data;
+
+    ngx_queue_remove(&req->queue);
+    ngx_free(req);
+
+    handler(reply, hdata);
 }
 
 
 /*
- * The event hooks.  hiredis calls addRead after every read and addWrite
- * after every command, so they must be idempotent.  Events are level-
- * triggered: hiredis reads at most 16 KiB per call, and with edge-
- * triggered epoll the rest of a large pipelined reply would sit unread.
+ * An error reply handed to the caller: counted by class, and logged
+ * when its class differs from the last one logged (or that class was
+ * last seen a while ago), never once per request.
  */
 
 static void
-ngx_http_dify_redis_add_read(void *privdata)
+ngx_http_dify_redis_error(ngx_http_dify_redis_t *rs, redisReply *reply)
 {
-    ngx_connection_t  *c = privdata;
+    dify_redis_err_e  cls;
 
-    if (c->read->active) {
-        return;
+    cls = dify_redis_error_class(reply->str, reply->len);
+
+    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
+    ngx_http_dify_metrics_redis_error(cls);
+
+    if (cls != rs->err
+        || ngx_current_msec - rs->err_seen > NGX_HTTP_DIFY_REDIS_ERR_RELOG)
+    {
+        ngx_log_error(NGX_LOG_ERR, rs->log, 0,
+                      "redis \"%V\" answered \"%*s\": requests take the "
+                      "fallback (logged once per class of error, \"%s\")",
+                      &rs->conf->address, (size_t) ngx_min(reply->len, 256),
+                      reply->str, dify_redis_error_name(cls));
+
+        rs->err = cls;
     }
 
-    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
-        ngx_http_dify_redis_drop();
-    }
-}
-
-
-static void
-ngx_http_dify_redis_del_read(void *privdata)
-{
-    ngx_connection_t  *c = privdata;
-
-    if (!c->read->active) {
-        return;
-    }
-
-    if (ngx_del_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
-        ngx_http_dify_redis_drop();
-    }
-}
-
-
-static void
-ngx_http_dify_redis_add_write(void *privdata)
-{
-    ngx_connection_t  *c = privdata;
-
-    if (c->write->active) {
-        return;
-    }
-
-    if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
-        ngx_http_dify_redis_drop();
-    }
-}
-
-
-static void
-ngx_http_dify_redis_del_write(void *privdata)
-{
-    ngx_connection_t  *c = privdata;
-
-    if (!c->write->active) {
-        return;
-    }
-
-    if (ngx_del_event(c->write, NGX_WRITE_EVENT, 0) != NGX_OK) {
-        ngx_http_dify_redis_drop();
-    }
+    rs->err_seen = ngx_current_msec;
 }
 
 
 /*
- * Called by hiredis on every path that frees the context (connect
- * failure, EOF, read or protocol error, redisAsyncFree), after the
- * pending callbacks have run with NULL and before it closes the socket:
- * so the events are deleted and the nginx connection released, but the
- * socket is not closed here.
+ * Once the http block is read: a host name is resolved in the workers
+ * by the http-level "resolver" when there is one (again for every new
+ * connection, and when the answer expires), otherwise now, once, as
+ * proxy_pass does.
  */
 
-static void
-ngx_http_dify_redis_cleanup(void *privdata)
+ngx_int_t
+ngx_http_dify_redis_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
 {
-    ngx_connection_t  *c = privdata;
+    ngx_url_t                    u;
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_dify_redis_conf_t  *rcf;
 
-    ngx_uint_t                  connected;
-    ngx_queue_t                *q;
-    const char                 *reason;
-    redisAsyncContext          *ac;
-    ngx_http_dify_redis_t      *rd;
-    ngx_http_dify_redis_pt      handler;
-    ngx_http_dify_redis_cmd_t  *cmd;
+    ngx_conf_init_value(mcf->ssl_verify, 1);
 
-    rd = &ngx_http_dify_redis;
-    ac = c->data;
+    rcf = mcf->redis;
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: cleanup fd:%d", c->fd);
+    if (rcf == NULL) {
+        return NGX_OK;
+    }
 
-    /* hiredis closes the socket right after this returns */
-
-    if (ngx_del_conn) {
-        ngx_del_conn(c, NGX_CLOSE_EVENT);
-
-    } else {
-        if (c->read->active || c->read->disabled) {
-            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+    if (rcf->ssl) {
+#if (NGX_SSL)
+        if (ngx_http_dify_redis_set_ssl(cf, mcf, rcf) != NGX_OK) {
+            return NGX_ERROR;
         }
-
-        if (c->write->active || c->write->disabled) {
-            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-        }
+#else
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "dify_status_redis: \"ssl\" needs nginx built with "
+                           "OpenSSL");
+        return NGX_ERROR;
+#endif
     }
 
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-
-    c->read->closed = 1;
-    c->write->closed = 1;
-
-    ngx_free_connection(c);
-
-    c->fd = (ngx_socket_t) -1;
-
-    ac->ev.data = NULL;
-    ac->ev.addRead = NULL;
-    ac->ev.delRead = NULL;
-    ac->ev.addWrite = NULL;
-    ac->ev.delWrite = NULL;
-    ac->ev.cleanup = NULL;
-
-    connected = rd->connected;
-
-    rd->ac = NULL;
-    rd->connected = 0;
-
-    if (rd->handshake.timer_set) {
-        ngx_del_timer(&rd->handshake);
-    }
-
-    if (rd->drop.posted) {
-        ngx_delete_posted_event(&rd->drop);
+    if (!rcf->is_name) {
+        return NGX_OK;
     }
 
     /*
-     * hiredis has called back every command it accepted; a record left
-     * here lost its callback to an allocation failure inside hiredis
+     * the http level's own: the one configured there, a dummy without
+     * servers when none is (see ngx_http_core_merge_loc_conf), or NULL
      */
 
-    if (!ngx_queue_empty(&rd->queued)) {
-        ngx_queue_add(&rd->pending, &rd->queued);
-        ngx_queue_init(&rd->queued);
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->resolver != NULL && clcf->resolver->connections.nelts > 0) {
+        rcf->resolver = clcf->resolver;
+        rcf->resolver_timeout = (clcf->resolver_timeout == NGX_CONF_UNSET_MSEC)
+                                ? 30000 : clcf->resolver_timeout;
+        return NGX_OK;
     }
 
-    while (!ngx_queue_empty(&rd->pending)) {
-        q = ngx_queue_head(&rd->pending);
-        cmd = ngx_queue_data(q, ngx_http_dify_redis_cmd_t, queue);
+    /* a blocking lookup, in the master, at start and on every reload */
 
-        ngx_queue_remove(q);
+    ngx_memzero(&u, sizeof(ngx_url_t));
 
-        if (cmd->timer.timer_set) {
-            ngx_del_timer(&cmd->timer);
+    u.url = rcf->address;
+    u.default_port = NGX_HTTP_DIFY_REDIS_PORT;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "dify_status_redis: %s in \"%V\" (without a "
+                           "\"resolver\" at http level, the name is resolved "
+                           "once, at configuration time)",
+                           u.err ? u.err : "host not found", &rcf->address);
+        return NGX_ERROR;
+    }
+
+    rcf->addrs = u.addrs;
+    rcf->naddrs = u.naddrs;
+
+    return NGX_OK;
+}
+
+
+#if (NGX_SSL)
+
+/* the client's TLS context, as proxy_ssl_* makes it */
+
+static ngx_int_t
+ngx_http_dify_redis_set_ssl(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf,
+    ngx_http_dify_redis_conf_t *rcf)
+{
+    ngx_str_t            ciphers, empty, *name;
+    ngx_ssl_t           *ssl;
+    ngx_pool_cleanup_t  *cln;
+
+    ssl = ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t));
+    if (ssl == NULL) {
+        return NGX_ERROR;
+    }
+
+    ssl->log = cf->log;
+
+    if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2|NGX_SSL_TLSv1_3, NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+
+    ngx_str_set(&ciphers, "DEFAULT");
+
+    if (ngx_ssl_ciphers(cf, ssl, &ciphers, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (mcf->ssl_certificate.len) {
+
+        if (mcf->ssl_certificate_key.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "no \"dify_status_redis_ssl_certificate_key\" "
+                               "for \"dify_status_redis_ssl_certificate\" "
+                               "\"%V\"", &mcf->ssl_certificate);
+            return NGX_ERROR;
         }
 
-        handler = cmd->handler;
-        cmd->handler = NULL;
-
-        if (handler != NULL && !rd->exiting) {
-            ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
-            handler(NULL, cmd->data);
+        if (ngx_ssl_certificate(cf, ssl, &mcf->ssl_certificate,
+                                &mcf->ssl_certificate_key, NULL)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
         }
-
-        ngx_http_dify_redis_free_cmd(cmd);
     }
 
-    if (rd->exiting) {
-        return;
-    }
+    rcf->ssl_verify = mcf->ssl_verify;
 
-    if (!rd->dropping) {
-        reason = ac->c.err ? ac->c.errstr : "connection closed";
+    if (rcf->ssl_verify) {
 
-        if (connected) {
-            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                          "redis \"%V\" lost: %s",
-                          &rd->conf->address, reason);
+        /* depth 9: managed Redis certificates come with intermediates */
 
-            rd->logged = NGX_HTTP_DIFY_REDIS_LOG_NETWORK;
-
-        } else if (rd->logged != NGX_HTTP_DIFY_REDIS_LOG_NETWORK) {
-            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                          "redis \"%V\" unreachable: %s",
-                          &rd->conf->address, reason);
-
-            rd->logged = NGX_HTTP_DIFY_REDIS_LOG_NETWORK;
+        if (mcf->ssl_trusted_certificate.len) {
+            if (ngx_ssl_trusted_certificate(cf, ssl,
+                                            &mcf->ssl_trusted_certificate, 9)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
 
         } else {
-            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                           "dify_status redis: closed: %s", reason);
+            /* nginx loads no CA by itself: the system's store */
+
+            ngx_str_null(&empty);
+
+            if (ngx_ssl_trusted_certificate(cf, ssl, &empty, 9) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            if (SSL_CTX_set_default_verify_paths(ssl->ctx) != 1) {
+                ngx_ssl_error(NGX_LOG_EMERG, cf->log, 0,
+                              "SSL_CTX_set_default_verify_paths() failed");
+                return NGX_ERROR;
+            }
         }
     }
 
-    rd->dropping = 0;
+    if (ngx_ssl_client_session_cache(cf, ssl, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
-    ngx_http_dify_redis_schedule();
+    /* the name verified and sent as SNI: the address's host by default */
+
+    name = mcf->ssl_name.len ? &mcf->ssl_name : &rcf->host;
+
+    if (ngx_http_dify_redis_copy(cf, &rcf->ssl_name, name->data, name->len)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (rcf->ssl_verify && rcf->ssl_name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "dify_status_redis \"%V\": a unix socket with "
+                           "\"ssl\" needs \"dify_status_redis_ssl_name\" "
+                           "to verify",
+                           &rcf->address);
+        return NGX_ERROR;
+    }
+
+    rcf->ssl_ctx = ssl;
+
+    return NGX_OK;
 }
-
-
-/*
- * A command's deadline.  Called from the timers only, never from inside
- * hiredis: the catch-up may call any handler, this command's included
- * (its reply was there after all), and may free the context.
- */
-
-static void
-ngx_http_dify_redis_timeout_handler(ngx_event_t *ev)
-{
-    void                       *data;
-    ngx_uint_t                  stuck;
-    ngx_http_dify_redis_t      *rd;
-    ngx_http_dify_redis_pt      handler;
-    ngx_http_dify_redis_cmd_t  *cmd;
-
-    rd = &ngx_http_dify_redis;
-    cmd = ev->data;
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: deadline of %p, written: %d",
-                   cmd, cmd->is_written);
-
-    rd->expiring = cmd;
-
-    stuck = ngx_http_dify_redis_catch_up();
-
-    if (rd->expiring == NULL) {
-        /* called back meanwhile, with its reply or with the connection */
-        return;
-    }
-
-    rd->expiring = NULL;
-
-    if (cmd->handler == NULL || cmd->timer.timer_set) {
-        /* cancelled meanwhile, or written just now: a new deadline */
-        return;
-    }
-
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: %p timed out", cmd);
-
-    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_TIMEOUTS);
-
-    /* the record stays queued until hiredis calls it back, then is freed */
-
-    handler = cmd->handler;
-    data = cmd->data;
-
-    cmd->handler = NULL;
-    cmd->data = NULL;
-
-    /* a drop is posted: no other handler is called before this one */
-
-    ngx_http_dify_redis_hung(stuck);
-
-    handler(NULL, data);
-}
-
-
-static void
-ngx_http_dify_redis_reconnect_handler(ngx_event_t *ev)
-{
-    ngx_http_dify_redis_t  *rd;
-
-    rd = ev->data;
-
-    if (rd->exiting || rd->ac != NULL) {
-        return;
-    }
-
-    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_RECONNECTS);
-
-    ngx_http_dify_redis_connect();
-}
-
-
-static void
-ngx_http_dify_redis_handshake_timeout(ngx_event_t *ev)
-{
-    ngx_http_dify_redis_t  *rd;
-
-    rd = ev->data;
-
-    if (rd->ac == NULL || rd->connected || rd->dropping) {
-        return;
-    }
-
-    /* the answers may be in the socket, unread by a stalled worker */
-
-    (void) ngx_http_dify_redis_catch_up();
-
-    if (rd->ac == NULL || rd->connected || rd->dropping) {
-        return;
-    }
-
-    /* a Redis that accepts connections but does not answer, or no SYN-ACK */
-
-    if (rd->logged != NGX_HTTP_DIFY_REDIS_LOG_NETWORK) {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "redis \"%V\" unreachable: no answer in %M ms",
-                      &rd->conf->address, rd->conf->connect_timeout);
-
-        rd->logged = NGX_HTTP_DIFY_REDIS_LOG_NETWORK;
-
-    } else {
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                       "dify_status redis: handshake timed out");
-    }
-
-    ngx_http_dify_redis_drop();
-}
-
-
-static void
-ngx_http_dify_redis_drop_handler(ngx_event_t *ev)
-{
-    ngx_http_dify_redis_t  *rd;
-
-    rd = ev->data;
-
-    if (rd->ac == NULL) {
-        return;
-    }
-
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "dify_status redis: dropping the connection");
-
-    /*
-     * A posted event runs outside hiredis, so the context is freed now
-     * (were it inside a callback, hiredis would defer it safely): the
-     * commands still pending get their handlers called with NULL, and
-     * the cleanup hook schedules the reconnection.
-     */
-
-    redisAsyncFree(rd->ac);
-}
-
-
-static void
-ngx_http_dify_redis_free_cmd(ngx_http_dify_redis_cmd_t *cmd)
-{
-    ngx_http_dify_redis_t  *rd;
-
-    rd = &ngx_http_dify_redis;
-
-    if (cmd->timer.timer_set) {
-        ngx_del_timer(&cmd->timer);
-    }
-
-    if (rd->expiring == cmd) {
-        rd->expiring = NULL;
-    }
-
-    ngx_free(cmd);
-}
-
-
-/* a timer that fires at deadline, a time of ngx_http_dify_redis_msec() */
-
-static void
-ngx_http_dify_redis_arm(ngx_event_t *ev, ngx_msec_t deadline)
-{
-    ngx_msec_int_t  left;
-
-    /* ngx_add_timer() ignores a change of less than 300 ms */
-
-    if (ev->timer_set) {
-        ngx_del_timer(ev);
-    }
-
-    left = (ngx_msec_int_t) (deadline - ngx_current_msec);
-
-    ngx_add_timer(ev, left > 0 ? (ngx_msec_t) left : 0);
-}
-
-
-/*
- * The clock of ngx_current_msec read afresh, as ngx_time_update() reads
- * it (its ngx_monotonic_time() is static): CLOCK_MONOTONIC on Linux, in
- * milliseconds.  Cheaper than ngx_time_update() on every write, and it
- * leaves nginx's cached time, which every other module reads, alone.
- */
-
-static ngx_msec_t
-ngx_http_dify_redis_msec(void)
-{
-#if (NGX_HAVE_CLOCK_MONOTONIC)
-
-    struct timespec  ts;
-
-#if defined(CLOCK_MONOTONIC_FAST)
-    (void) clock_gettime(CLOCK_MONOTONIC_FAST, &ts);
-#else
-    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-#endif
-
-    return (ngx_msec_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-
-#else
-
-    struct timeval  tv;
-
-    ngx_gettimeofday(&tv);
-
-    return (ngx_msec_t) tv.tv_sec * 1000 + tv.tv_usec / 1000;
 
 #endif
-}
-
-
-static uint64_t
-ngx_http_dify_redis_usec(void)
-{
-    struct timespec  ts;
-
-    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
-}
 
 
 static ngx_int_t
 ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst, u_char *src,
     size_t len)
 {
-    /* NUL-terminated, for hiredis */
+    /* NUL-terminated */
 
     dst->data = ngx_pnalloc(cf->pool, len + 1);
     if (dst->data == NULL) {
@@ -1422,7 +625,7 @@ ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst, u_char *src,
 
 
 /*
- * dify_status_redis address [db=N] [user=name] [password=secret]
+ * dify_status_redis address [ssl] [db=N] [user=name] [password=secret]
  *     [timeout=time] [connect_timeout=time];
  */
 
@@ -1436,6 +639,8 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_str_t                   *value, s, name;
     ngx_url_t                    u;
     ngx_uint_t                   i;
+    const char                  *err;
+    dify_redis_addr_t            addr;
     ngx_http_dify_redis_conf_t  *rcf;
 
     if (mcf->redis != NULL) {
@@ -1454,57 +659,54 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     rcf->timeout = NGX_HTTP_DIFY_REDIS_TIMEOUT;
     rcf->connect_timeout = NGX_HTTP_DIFY_REDIS_CONNECT;
 
-    ngx_memzero(&u, sizeof(ngx_url_t));
-
-    u.url = value[1];
-    u.default_port = NGX_HTTP_DIFY_REDIS_PORT;
-    u.no_resolve = 1;
-
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
-        if (u.err) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "%s in \"%V\"", u.err, &u.url);
-        }
-
-        return NGX_CONF_ERROR;
-    }
-
-    if (u.naddrs == 0) {
+    if (dify_redis_parse_addr((const char *) value[1].data, value[1].len,
+                              &addr, &err)
+        != 0)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\": a host name would "
-                           "need a blocking lookup in the worker, use an IP "
-                           "address or \"unix:/path\"", &value[1]);
+                           "invalid address \"%V\": %s", &value[1], err);
         return NGX_CONF_ERROR;
     }
 
-    if (u.family == AF_UNIX) {
-        if (ngx_http_dify_redis_copy(cf, &rcf->unix_path, u.host.data,
-                                     u.host.len)
+    if (addr.type != DIFY_REDIS_ADDR_UNIX) {
+        if (ngx_http_dify_redis_copy(cf, &rcf->host, (u_char *) addr.host,
+                                     addr.host_len)
             != NGX_OK)
         {
             return NGX_CONF_ERROR;
         }
+
+        rcf->port = (in_port_t) addr.port;
+    }
+
+    if (addr.type == DIFY_REDIS_ADDR_NAME) {
+        /* resolved in init_conf, once the whole http block is known */
+        rcf->is_name = 1;
 
     } else {
-        s = u.host;
+        ngx_memzero(&u, sizeof(ngx_url_t));
 
-        /* "[::1]": hiredis wants the bare address */
+        u.url = value[1];
+        u.default_port = NGX_HTTP_DIFY_REDIS_PORT;
+        u.no_resolve = 1;
 
-        if (s.len > 2 && s.data[0] == '[') {
-            s.data++;
-            s.len -= 2;
-        }
-
-        if (ngx_http_dify_redis_copy(cf, &rcf->host, s.data, s.len)
-            != NGX_OK)
-        {
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s in \"%V\"",
+                               u.err ? u.err : "invalid address", &u.url);
             return NGX_CONF_ERROR;
         }
 
-        rcf->port = u.port;
+        rcf->addrs = u.addrs;
+        rcf->naddrs = u.naddrs;
     }
 
     for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strcmp(value[i].data, "ssl") == 0) {
+            rcf->ssl = 1;
+            continue;
+        }
 
         if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
 

@@ -154,6 +154,33 @@ for my $case (@invalid) {
     conf_fails("$d fails nginx -t", $re, at('location', $d));
 }
 
+# the Redis side's, at http level
+for my $case (
+    [ 'dify_status_redis_ssl_verify maybe;',
+      qr/"maybe"|dify_status_redis_ssl_verify/ ],
+    [ 'dify_status_redis_ssl_name;', qr/"dify_status_redis_ssl_name"/ ],
+    [ 'dify_status_redis_ssl_trusted_certificate a b;',
+      qr/"dify_status_redis_ssl_trusted_certificate"/ ],
+    [ 'dify_status_redis 127.0.0.1:6379 tls;', qr/invalid parameter "tls"/ ],
+    [ 'dify_status_redis redis:0;',
+      qr/invalid address "redis:0": an invalid port/ ],
+    [ 'dify_status_redis ::1:6379;', qr/must be written in brackets/ ],
+    [ 'dify_status_redis -redis:6379;', qr/an invalid host name/ ],
+    [ 'dify_status_redis unix:redis.sock;', qr/an absolute path/ ],
+    [ 'dify_status_redis unix:/r.sock ssl;', qr/dify_status_redis_ssl_name/ ],
+)
+{
+    my ($d, $re) = @$case;
+    conf_fails("$d fails nginx -t", $re, at('http', $d));
+}
+
+for my $d ('dify_status_redis_ssl_verify off;',
+           'dify_status_redis_ssl_name redis;')
+{
+    conf_fails("$d in a location fails", qr/not allowed here/,
+        at('location', $d));
+}
+
 # only where documented: not in the main context
 for my $d ('dify_status on;', 'dify_status_max_body_size 1m;',
            'dify_status_max_documents 10;', 'dify_status_document_ids any;',

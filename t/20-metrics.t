@@ -27,7 +27,8 @@ my %FAMILIES = (
         requests_limited_cached_total requests_dry_run_limited_total
         redis_commands_total redis_errors_total redis_timeouts_total
         redis_reconnects_total redis_noscript_total
-        fallback_decisions_total)),
+        redis_resolve_failures_total redis_tls_failures_total
+        redis_error_replies_total fallback_decisions_total)),
     "${P}redis_rtt_seconds" => 'histogram',
 );
 
@@ -292,6 +293,7 @@ sub not_less {
     my ($x, $y, $name) = @_;
     my @less;
     for my $s (@{ $x->{samples} }) {
+        next if ($x->{families}{ $s->{name} }{type} // '') eq 'gauge';
         my $v = val($y, $s->{name}, %{ $s->{labels} });
         push @less, "$s->{name} $s->{value} -> $v" if $v < $s->{num};
     }
@@ -613,6 +615,11 @@ SKIP: {
     $t->upstream_clear;
 
     my $q0 = scrape($t);
+    my $node = '127.0.0.1:' . $t->redis_port;
+    is $q0->{families}{"${P}redis_connections_up"}{type}, 'gauge',
+        'redis_connections_up is a gauge';
+    is c($q0, 'redis_connections_up', node => $node), 1,
+        "redis_connections_up{node=\"$node\"}: the worker's connection";
     my $k1 = fresh_key('m');
 
     $r = patch($t, auth => [ Authorization => "Bearer $k1" ]);
@@ -708,6 +715,11 @@ SKIP: {
         return $trouble->($p) > $trouble->($q2);
     }), 'the loss of Redis shows in errors, timeouts or reconnects';
     not_less($q0, $q3, 'no counter went back');
+    ok wait_for(DifyTest::timeout(10), sub {
+        my $r = $t->http('GET', '/metrics');
+        my $p = eval { parse_prom($r->{body}) } or return 0;
+        return c($p, 'redis_connections_up', node => $node) == 0;
+    }), 'redis_connections_up: 0 with Redis gone';
 }
 
 $t->done;

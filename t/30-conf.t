@@ -139,11 +139,13 @@ subtest 'conf/dify-status-standalone.conf' => sub {
     $c2 =~ s{rate=5r/m}{rate=100 r/s};
     nginx_t_ok($t, $c2, 'standalone, Redis on a unix socket, "100 r/s"');
 
-    # a host name for Redis is refused, with a reason
-    (my $c3 = $conf) =~ s{%%REDIS%%}{redis:6379}g;
+    # without a resolver, a host name is resolved by nginx -t: one that
+    # does not resolve is refused, with a reason
+    (my $c3 = $conf) =~ s{%%REDIS%%}{redis.invalid:6379}g;
     my ($rc, $out) = $t->nginx_t(conf => $c3);
-    isnt $rc, 0, 'nginx -t refuses a Redis host name';
-    like $out, qr/use an IP address or "unix:\/path"/, '... and says why';
+    isnt $rc, 0, 'nginx -t refuses a Redis host name that does not resolve';
+    like $out, qr/host not found in "redis\.invalid:6379".*"resolver"/,
+        '... and says why';
 
     # live, with an HTTP/2 listener added: nginx's own lines that quote
     # the Authorization header are below the shipped log level
@@ -181,7 +183,7 @@ subtest 'conf/dify-status-standalone.conf' => sub {
 my %snip = map { $_ => slurp("$DOCKER/$_") } qw(
     nginx.conf.template.main nginx.conf.template.http
     default.conf.template.v1 dify-status-metrics.conf
-    docker-compose.override.yaml Dockerfile dify-status-entrypoint.sh
+    docker-compose.override.yaml Dockerfile
 );
 
 # the environment the nginx container gets from docker-compose.yaml
@@ -209,36 +211,14 @@ subtest 'docker snippets and the compose override agree' => sub {
         ok -e "$TOP/$_", "the Dockerfile's COPY source $_ exists"
             for split ' ', $src;
     }
+    unlike $snip{'docker-compose.override.yaml'}, qr/^\s*entrypoint:/m,
+        'Dify\'s own entrypoint: nothing is resolved at container start';
     like $snip{'docker-compose.override.yaml'},
-        qr{/dify-status-entrypoint\.sh:ro}, 'the override mounts the wrapper';
-};
-
-subtest 'dify-status-entrypoint.sh finds Redis' => sub {
-    my $wrapper = "$DOCKER/dify-status-entrypoint.sh";
-    my $show = q{printf %s "$DIFY_STATUS_REDIS"};
-
-    # getent ahostsv4 asks with AI_ADDRCONFIG: on a machine whose only
-    # IPv4 address is 127.0.0.1 (a network namespace with lo alone) it
-    # finds nothing for localhost, and the wrapper would wait its 60 s
-    SKIP: {
-        skip 'getent ahostsv4 finds no IPv4 address for localhost here '
-           . '(no non-loopback IPv4 address)', 2
-            unless `getent ahostsv4 localhost 2>/dev/null` =~ /^127\./;
-
-        local $ENV{DIFY_STATUS_REDIS_HOST} = 'localhost';
-        local $ENV{DIFY_STATUS_REDIS};
-        delete $ENV{DIFY_STATUS_REDIS};
-        is `sh $wrapper sh -c '$show' 2>/dev/null`, '127.0.0.1:6379',
-            'looks up the host name, IPv4';
-
-        local $ENV{DIFY_STATUS_REDIS_PORT} = '6380';
-        is `sh $wrapper sh -c '$show' 2>/dev/null`, '127.0.0.1:6380',
-            'DIFY_STATUS_REDIS_PORT';
-    }
-
-    local $ENV{DIFY_STATUS_REDIS} = 'unix:/run/dify-redis/redis.sock';
-    is `sh $wrapper sh -c '$show' 2>/dev/null`,
-        'unix:/run/dify-redis/redis.sock', 'a given address is kept';
+        qr/^      DIFY_STATUS_REDIS: \$\{DIFY_STATUS_REDIS:-redis:6379\}$/m,
+        'Redis by its service name by default';
+    like $snip{'nginx.conf.template.http'},
+        qr/^    resolver 127\.0\.0\.11 valid=10s ipv6=off;$/m,
+        'resolved by nginx through Docker\'s DNS';
 };
 
 # Dify's entrypoint: envsubst "$(every variable of the environment)",
@@ -250,7 +230,11 @@ sub envsubst {
     return $text;
 }
 
+my $DNSMASQ = (grep { -x } qw(/usr/sbin/dnsmasq /usr/bin/dnsmasq))[0];
+
 subtest 'Dify docker templates with the snippets' => sub {
+    plan skip_all => 'dnsmasq not installed (Debian: dnsmasq-base)'
+        unless $DNSMASQ;
     my $t = DifyTest->new;
     my $dir = $t->dir;
     my $password = 'difyai123456';
@@ -265,7 +249,8 @@ subtest 'Dify docker templates with the snippets' => sub {
         NGINX_PROXY_SEND_TIMEOUT => '3600s',
         REDIS_PASSWORD => $password,
         DIFY_STATUS_RATE => '3r/h', DIFY_STATUS_BURST => 3,
-        DIFY_STATUS_REDIS => '127.0.0.1:' . $t->redis_port,
+        # the override's default: the compose service, by name
+        DIFY_STATUS_REDIS => 'redis:' . $t->redis_port,
     );
     ok exists $env{$_}, "the test sets $_" for sort keys %override_env;
 
@@ -348,8 +333,21 @@ EOF
         unlike $_, qr/\$\{\w+\}/, 'no ${VAR} left after the entrypoint';
         unlike $_, qr/api:5001/, 'api:5001 replaced';
     }
-    like $main, qr/dify_status_redis 127\.0\.0\.1:\d+ "password=\Q$password\E"/,
+    like $main, qr/dify_status_redis redis:\d+ "password=\Q$password\E"/,
         'the Redis address and password rendered';
+
+    # Docker's DNS server is a dnsmasq here, answering for "redis"
+    my $dns_port = $t->port('DNS');
+    like $main, qr/resolver 127\.0\.0\.11 /, 'Docker\'s resolver';
+    $main =~ s/resolver 127\.0\.0\.11 /resolver 127.0.0.1:$dns_port /;
+    spew("$dir/dns.hosts", "127.0.0.1 redis\n");
+    $t->_spawn('dnsmasq',
+        [ $DNSMASQ, '--keep-in-foreground', "--port=$dns_port",
+          '--listen-address=127.0.0.1', '--bind-interfaces', '--no-resolv',
+          '--no-hosts', "--addn-hosts=$dir/dns.hosts", '--local-ttl=1',
+          '--conf-file=/dev/null', '--pid-file=', '--user=root',
+          "--log-facility=$dir/dnsmasq.log" ],
+        output => "$dir/dnsmasq.stderr");
     like $main, qr/'key=\$dify_status_key /, 'nginx variables left alone';
 
     spew("$dir/conf.d/default.conf", $default);

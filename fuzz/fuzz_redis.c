@@ -1,0 +1,74 @@
+/*
+ * Copyright (C) The ngx_dify_status_module authors
+ *
+ * libFuzzer harness for dify_redis.c.  The input is an address for
+ * dify_redis_parse_addr(): an accepted one must point inside the input
+ * and satisfy what the nginx glue relies on (a port in range, a host
+ * with no NUL, ':' or brackets unless IPv6, a unix path starting with
+ * '/').  The same bytes are an error reply's text for
+ * dify_redis_error_class(), whose class must have a name.
+ */
+
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "dify_redis.h"
+
+
+#define dify_fuzz_assert(c)                                                  \
+    do {                                                                     \
+        if (!(c)) {                                                          \
+            __builtin_trap();                                                \
+        }                                                                    \
+    } while (0)
+
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    const char         *s, *err, *name;
+    dify_redis_err_e    cls;
+    dify_redis_addr_t   a;
+
+    s = (const char *) data;
+    err = NULL;
+
+    if (dify_redis_parse_addr(s, size, &a, &err) == 0) {
+        dify_fuzz_assert(a.host >= s && a.host + a.host_len <= s + size);
+        dify_fuzz_assert(a.host_len > 0);
+        dify_fuzz_assert(memchr(a.host, '\0', a.host_len) == NULL);
+
+        if (a.type == DIFY_REDIS_ADDR_UNIX) {
+            dify_fuzz_assert(a.host[0] == '/' && a.port == 0);
+
+        } else {
+            dify_fuzz_assert(a.port >= 1 && a.port <= 65535);
+            dify_fuzz_assert(memchr(a.host, '[', a.host_len) == NULL);
+            dify_fuzz_assert(memchr(a.host, ']', a.host_len) == NULL);
+
+            if (a.type != DIFY_REDIS_ADDR_IPV6) {
+                dify_fuzz_assert(memchr(a.host, ':', a.host_len) == NULL);
+            }
+
+            if (a.type == DIFY_REDIS_ADDR_NAME) {
+                dify_fuzz_assert(a.host_len <= 254);
+            }
+        }
+
+    } else {
+        dify_fuzz_assert(err != NULL);
+    }
+
+    cls = dify_redis_error_class(s, size);
+    dify_fuzz_assert(cls > DIFY_REDIS_ERR_NONE && cls < DIFY_REDIS_ERR_N);
+
+    name = dify_redis_error_name(cls);
+    dify_fuzz_assert(name != NULL && strlen(name) > 0);
+
+    return 0;
+}

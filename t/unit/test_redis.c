@@ -1,0 +1,208 @@
+/*
+ * Copyright (C) The ngx_dify_status_module authors
+ *
+ * Unit tests of dify_redis.c: the address forms dify_status_redis
+ * takes, and the classes of Redis error replies (texts as Redis 7.0
+ * sends them).
+ */
+
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "dify_redis.h"
+
+
+#define S(s)  (s), sizeof(s) - 1
+
+
+static void
+addr_ok(const char *s, dify_redis_addr_e type, const char *host,
+    unsigned port)
+{
+    const char         *err;
+    dify_redis_addr_t   a;
+
+    err = NULL;
+
+    if (dify_redis_parse_addr(s, strlen(s), &a, &err) != 0) {
+        fail_msg("\"%s\" refused: %s", s, err);
+    }
+
+    assert_int_equal(a.type, type);
+    assert_int_equal(a.host_len, strlen(host));
+    assert_memory_equal(a.host, host, a.host_len);
+    assert_int_equal(a.port, port);
+}
+
+
+static void
+addr_bad(const char *s)
+{
+    const char         *err;
+    dify_redis_addr_t   a;
+
+    err = NULL;
+
+    if (dify_redis_parse_addr(s, strlen(s), &a, &err) == 0) {
+        fail_msg("\"%s\" accepted", s);
+    }
+
+    assert_non_null(err);
+}
+
+
+static void
+test_addresses(void **state)
+{
+    (void) state;
+
+    addr_ok("redis:6379", DIFY_REDIS_ADDR_NAME, "redis", 6379);
+    addr_ok("redis", DIFY_REDIS_ADDR_NAME, "redis", 6379);
+    addr_ok("my-cache.abc123.ng.0001.euw1.cache.amazonaws.com:6380",
+            DIFY_REDIS_ADDR_NAME,
+            "my-cache.abc123.ng.0001.euw1.cache.amazonaws.com", 6380);
+    addr_ok("redis.local.:7000", DIFY_REDIS_ADDR_NAME, "redis.local.", 7000);
+    addr_ok("dify_redis_1:6379", DIFY_REDIS_ADDR_NAME, "dify_redis_1", 6379);
+    addr_ok("10.0.0.5:6379", DIFY_REDIS_ADDR_IPV4, "10.0.0.5", 6379);
+    addr_ok("127.0.0.1", DIFY_REDIS_ADDR_IPV4, "127.0.0.1", 6379);
+    addr_ok("[::1]:6380", DIFY_REDIS_ADDR_IPV6, "::1", 6380);
+    addr_ok("[fe80::1]", DIFY_REDIS_ADDR_IPV6, "fe80::1", 6379);
+    addr_ok("unix:/run/redis.sock", DIFY_REDIS_ADDR_UNIX, "/run/redis.sock",
+            0);
+    addr_ok("a:65535", DIFY_REDIS_ADDR_NAME, "a", 65535);
+
+    addr_bad("");
+    addr_bad(":6379");
+    addr_bad("redis:");
+    addr_bad("redis:0");
+    addr_bad("redis:65536");
+    addr_bad("redis:63a");
+    addr_bad("redis:-1");
+    addr_bad("::1");
+    addr_bad("::1:6379");
+    addr_bad("[::1");
+    addr_bad("[::1]6379");
+    addr_bad("[]:6379");
+    addr_bad("[zz::1]:6379");
+    addr_bad("unix:");
+    addr_bad("unix:relative.sock");
+    addr_bad("-redis:6379");
+    addr_bad("redis-:6379");
+    addr_bad("re dis:6379");
+    addr_bad("a..b:6379");
+    addr_bad(".redis:6379");
+    addr_bad("1.2.3.999:6379");     /* neither an address nor a name */
+    addr_bad("1.2.3:6379");
+    addr_bad("redis/x:6379");
+    addr_bad("user@redis:6379");
+    addr_bad("redis://redis:6379");
+
+    /* a label of 64 bytes, a name of 254 */
+
+    addr_bad("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+             ":6379");
+    addr_ok("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            DIFY_REDIS_ADDR_NAME,
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            6379);
+}
+
+
+static void
+test_embedded_nul(void **state)
+{
+    const char         *err;
+    dify_redis_addr_t   a;
+
+    (void) state;
+
+    assert_int_equal(dify_redis_parse_addr(S("redis\0x:6379"), &a, &err), -1);
+    assert_int_equal(dify_redis_parse_addr(S("unix:/a\0b"), &a, &err), -1);
+    assert_int_equal(dify_redis_parse_addr(NULL, 0, &a, &err), -1);
+}
+
+
+static void
+test_error_classes(void **state)
+{
+    struct {
+        const char        *text;
+        dify_redis_err_e   cls;
+        const char        *name;
+    } *t, tests[] = {
+        { "NOSCRIPT No matching script. Please use EVAL.",
+          DIFY_REDIS_ERR_NOSCRIPT, "noscript" },
+        { "NOAUTH Authentication required.", DIFY_REDIS_ERR_NOAUTH,
+          "noauth" },
+        { "WRONGPASS invalid username-password pair or user is disabled.",
+          DIFY_REDIS_ERR_WRONGPASS, "wrongpass" },
+        { "NOPERM this user has no permissions to access one of the keys "
+          "used as arguments", DIFY_REDIS_ERR_NOPERM, "noperm" },
+        { "ERR The user executing the script can't run this command or "
+          "subcommand script: 50134f893c733580174f55f2577eb27e651c3484, on "
+          "@user_script:23.", DIFY_REDIS_ERR_NOPERM, "noperm" },
+        { "OOM command not allowed when used memory > 'maxmemory'. script: "
+          "af51, on @user_script:1.", DIFY_REDIS_ERR_OOM, "oom" },
+        { "READONLY You can't write against a read only replica.",
+          DIFY_REDIS_ERR_READONLY, "readonly" },
+        { "LOADING Redis is loading the dataset in memory",
+          DIFY_REDIS_ERR_LOADING, "loading" },
+        { "BUSY Redis is busy running a script.", DIFY_REDIS_ERR_BUSY,
+          "busy" },
+        { "MASTERDOWN Link with MASTER is down and replica-serve-stale-data "
+          "is set to 'no'.", DIFY_REDIS_ERR_MASTERDOWN, "masterdown" },
+        { "MOVED 3999 127.0.0.1:6381", DIFY_REDIS_ERR_CLUSTER, "cluster" },
+        { "ASK 3999 127.0.0.1:6381", DIFY_REDIS_ERR_CLUSTER, "cluster" },
+        { "TRYAGAIN Multiple keys request during rehashing of slot",
+          DIFY_REDIS_ERR_CLUSTER, "cluster" },
+        { "CROSSSLOT Keys in request don't hash to the same slot",
+          DIFY_REDIS_ERR_CLUSTER, "cluster" },
+        { "CLUSTERDOWN The cluster is down", DIFY_REDIS_ERR_CLUSTER,
+          "cluster" },
+        { "ERR unknown command 'EVALSHA'", DIFY_REDIS_ERR_OTHER, "other" },
+        { "ERR", DIFY_REDIS_ERR_OTHER, "other" },
+        { "", DIFY_REDIS_ERR_OTHER, "other" },
+        { "NOSCRIPTS x", DIFY_REDIS_ERR_OTHER, "other" },
+        { "OOMX", DIFY_REDIS_ERR_OTHER, "other" },
+        { "noperm lowercase", DIFY_REDIS_ERR_OTHER, "other" },
+        { "BUSY", DIFY_REDIS_ERR_BUSY, "busy" },
+        { NULL, 0, NULL }
+    };
+
+    (void) state;
+
+    for (t = tests; t->text; t++) {
+        if (dify_redis_error_class(t->text, strlen(t->text)) != t->cls) {
+            fail_msg("\"%s\": class %d, expected %d", t->text,
+                     dify_redis_error_class(t->text, strlen(t->text)),
+                     t->cls);
+        }
+
+        assert_string_equal(dify_redis_error_name(t->cls), t->name);
+    }
+
+    /* the length bounds the word: "OOM" within "OOMX" */
+    assert_int_equal(dify_redis_error_class("OOMX", 3), DIFY_REDIS_ERR_OOM);
+    assert_int_equal(dify_redis_error_class(NULL, 0), DIFY_REDIS_ERR_OTHER);
+
+    assert_string_equal(dify_redis_error_name(DIFY_REDIS_ERR_NONE), "none");
+    assert_string_equal(dify_redis_error_name(DIFY_REDIS_ERR_N), "other");
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest  tests[] = {
+        cmocka_unit_test(test_addresses),
+        cmocka_unit_test(test_embedded_nul),
+        cmocka_unit_test(test_error_classes),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
