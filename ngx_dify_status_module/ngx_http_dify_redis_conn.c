@@ -1244,8 +1244,15 @@ ngx_http_dify_redis_read_handler(ngx_event_t *rev)
     rc = c->data;
 
     if (c->close) {
-        /* worker_shutdown_timeout: the worker is about to exit */
-        ngx_http_dify_redis_conn_close(rc);
+        /*
+         * worker_shutdown_timeout: the worker is about to exit.  Its
+         * requests are closed by the same timer, some of them after this
+         * connection, and cancel their commands then: every command is
+         * called back now (with NULL, so that each caller forgets it),
+         * not freed behind its caller's back; nothing reconnects, as
+         * ngx_exiting is set.
+         */
+        ngx_http_dify_redis_close(rc);
         return;
     }
 

@@ -334,4 +334,30 @@ scenario 'graceful stop while Redis stays hung' => sub {
     $t->done;
 };
 
+# worker_shutdown_timeout closes the Redis connection and the requests in
+# the same pass, the Redis one often first: its commands must not be freed
+# behind the requests, which cancel them when closed (a use after free
+# under ASan before the fix)
+scenario 'worker_shutdown_timeout while replies are pending' => sub {
+    plan skip_all => 'valgrind mode: a single process exits at once on '
+        . 'SIGQUIT, no worker_shutdown_timeout' if $VG;
+    my $t = DifyTest->new;
+    $t->start_redis;
+    $t->start_nginx(workers => 1,
+                    main => "$MAIN\nworker_shutdown_timeout 1s;",
+                    http => conf(timeout => 20000));
+    warm($t);
+
+    $t->pause_redis;
+    my @c = map { send_pending($t, fresh_key('wst')) } 1 .. 4;
+    sleep 0.3;
+    $t->signal_nginx('QUIT');
+    ok wait_for(DifyTest::timeout(8), sub {
+            DifyTest::_is_dead($t->nginx_pid) }),
+        'nginx exited at worker_shutdown_timeout, Redis still hung';
+    $t->resume_redis;
+    no_crash($t, 'worker_shutdown_timeout');
+    $t->done;
+};
+
 done_testing;

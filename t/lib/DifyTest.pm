@@ -80,7 +80,8 @@ The generated server{} listens on 127.0.0.1:%%PORT%% (HTTP/1.x) and on
 The generated file sets: load_module, C<user root> (when run as root),
 daemon off (nginx is a child of the test, in its own process group),
 master_process on, worker_processes, pid/error_log/access_log and every
-*_temp_path inside the temp directory, worker_shutdown_timeout.
+*_temp_path inside the temp directory, worker_shutdown_timeout
+(10 s scaled, unless C<main> sets its own).
 Dies when nginx does not come up (with the error log).  Retries with new
 ports when a port was taken meanwhile.
 
@@ -571,7 +572,8 @@ sub _build_conf {
         $conf .= "daemon off;\n"
                . "pid %%DIR%%/nginx.pid;\n"
                . "error_log %%DIR%%/error.log $level;\n"
-               . "worker_shutdown_timeout " . timeout(10) . "s;\n"
+               . ($main =~ /^\s*worker_shutdown_timeout\s/m ? ''
+                  : "worker_shutdown_timeout " . timeout(10) . "s;\n")
                . $main . "\n"
                . "events {\n    worker_connections 1024;\n"
                . ($a{events} // '') . "}\n\n"
