@@ -72,6 +72,7 @@ cert('server', 'redis.test', 'ca', 2,
      'subjectAltName=DNS:redis.test,IP:127.0.0.1');
 cert('expired', 'redis.test', 'ca', 0, 'subjectAltName=DNS:redis.test');
 cert('client', 'gateway', 'ca', 2, 'extendedKeyUsage=clientAuth');
+cert('elsewhere', 'other.test', 'ca', 2, 'subjectAltName=DNS:other.test');
 sleep 1.1;      # "-days 0": not after now, so expired a second later
 
 # ------------------------------------------------------------------
@@ -216,6 +217,12 @@ my %refused = (
     'an expired certificate' => [ { cert => 'expired' },
                         "$TRUST dify_status_redis_ssl_name redis.test;",
                         qr/TLS certificate verify error: \(10:certificate has expired\)/ ],
+    # default settings: no dify_status_redis_ssl_name, no CA file
+    'the default name, a certificate for another' => [
+                        { cert => 'elsewhere' }, $TRUST,
+                        qr/TLS certificate does not match "127\.0\.0\.1"/ ],
+    'the default CA store, a private CA' => [ {}, '',
+                        qr/TLS certificate verify error: \(\d+:[^)]+\)/ ],
     'mutual TLS required, no client certificate' => [ { mutual => 1 },
                         "$TRUST dify_status_redis_ssl_name redis.test;",
                         qr/redis "[^"]+" unreachable: / ],
