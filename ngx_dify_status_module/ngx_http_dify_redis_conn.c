@@ -603,8 +603,17 @@ ngx_http_dify_redis_refresh_handler(ngx_event_t *ev)
 
     rc = ev->data;
 
-    if (rc->exiting || rc->state != NGX_HTTP_DIFY_REDIS_UP) {
-        /* any new connection resolves the name anyway */
+    if (rc->exiting) {
+        return;
+    }
+
+    if (rc->state != NGX_HTTP_DIFY_REDIS_UP) {
+        /*
+         * a connection on its way up (or down): look again once it is
+         * up, or the name would be followed only when it fails; a new
+         * connection's own lookup re-arms the timer anyway
+         */
+        ngx_add_timer(&rc->refresh, NGX_HTTP_DIFY_REDIS_REFRESH_MIN);
         return;
     }
 
