@@ -269,13 +269,6 @@ ngx_http_dify_redis_conn_close(ngx_http_dify_redis_conn_t *rc)
 
 
 ngx_uint_t
-ngx_http_dify_redis_conn_up(ngx_http_dify_redis_conn_t *rc)
-{
-    return rc->state == NGX_HTTP_DIFY_REDIS_UP && !rc->exiting;
-}
-
-
-ngx_uint_t
 ngx_http_dify_redis_conn_epoch(ngx_http_dify_redis_conn_t *rc)
 {
     return rc->epoch;

@@ -79,8 +79,6 @@ ngx_http_dify_redis_conn_t *ngx_http_dify_redis_conn_create(
     ngx_cycle_t *cycle, ngx_http_dify_redis_conf_t *conf);
 /* closes the socket, frees every command and calls no handler */
 void ngx_http_dify_redis_conn_close(ngx_http_dify_redis_conn_t *rc);
-/* 1 when connected and its handshake answered */
-ngx_uint_t ngx_http_dify_redis_conn_up(ngx_http_dify_redis_conn_t *rc);
 /*
  * A number that changes with every new connection and with every
  * ngx_http_dify_redis_conn_bump() (see the command layer's scripts),
