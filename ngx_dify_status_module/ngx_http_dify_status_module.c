@@ -632,6 +632,7 @@ ngx_http_dify_check_body(ngx_http_request_t *r,
     bcf.ids_any = (dlcf->document_ids == NGX_HTTP_DIFY_IDS_ANY);
     bcf.reject_duplicates =
                     (dlcf->duplicate_ids == NGX_HTTP_DIFY_DUPLICATES_REJECT);
+    bcf.no_fast = 0;
 
     rc = dify_body_validate(body, len, &bcf, &res);
 
