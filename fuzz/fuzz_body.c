@@ -3,7 +3,8 @@
  *
  * libFuzzer harness of the request checks: dify_body_validate() (the
  * first byte picks the configuration, the rest is the body) checked
- * against a plain reference, and dify_route_match(),
+ * against a plain reference and, with its one-pass reading of the common
+ * form, against itself without it, and dify_route_match(),
  * dify_parse_authorization(), dify_check_media() and
  * dify_json_envelope() on the whole input.
  */
@@ -89,8 +90,8 @@ fuzz_body(const uint8_t *data, size_t size)
     uint8_t             *body;
     json_error_t         err;
     dify_body_rc_e       rc, scan;
-    dify_body_conf_t     conf;
-    dify_body_result_t   res;
+    dify_body_conf_t     conf, slow_conf;
+    dify_body_result_t   res, slow_res;
 
     if (size == 0) {
         return;
@@ -99,6 +100,7 @@ fuzz_body(const uint8_t *data, size_t size)
     conf.ids_any = data[0] & 1;
     conf.reject_duplicates = (data[0] >> 1) & 1;
     conf.max_documents = data[0] >> 2;
+    conf.no_fast = 0;
 
     /* a copy of its own, so that a read past the body is seen */
 
@@ -112,6 +114,17 @@ fuzz_body(const uint8_t *data, size_t size)
     rc = dify_body_validate(body, len, &conf, &res);
 
     fuzz_assert(memchr(res.message, '\0', sizeof(res.message)) != NULL);
+
+    /* the common form's one pass, against the scan and jansson alone */
+
+    slow_conf = conf;
+    slow_conf.no_fast = 1;
+    memset(&slow_res, 'Y', sizeof(slow_res));
+
+    fuzz_assert(dify_body_validate(body, len, &slow_conf, &slow_res) == rc);
+    fuzz_assert(strcmp(slow_res.message, res.message) == 0);
+    fuzz_assert(slow_res.documents == res.documents);
+    fuzz_assert(!slow_res.fast);
 
     if (rc != DIFY_BODY_OK) {
         fuzz_assert(res.documents == 0);

@@ -1,8 +1,9 @@
 /*
  * Copyright (C) The ngx_dify_status_module authors
  *
- * Validation of the batch-status JSON body: a scan of its bytes, then
- * jansson.  Pure logic: no nginx header is included here.
+ * Validation of the batch-status JSON body: the common form read in one
+ * pass; any other body, a scan of its bytes, then jansson.  Pure logic:
+ * no nginx header is included here.
  */
 
 
@@ -35,12 +36,21 @@ typedef struct {
 } dify_body_id_t;
 
 
+static int dify_body_fast(const unsigned char *p, const unsigned char *last,
+    size_t max, const dify_body_conf_t *conf, dify_body_result_t *res,
+    dify_body_rc_e *rc);
+static const unsigned char *dify_body_ws(const unsigned char *p,
+    const unsigned char *last);
 static dify_body_rc_e dify_body_scan(const unsigned char *p,
     const unsigned char *last, size_t max, dify_body_result_t *res);
 static dify_body_rc_e dify_body_ids(json_t *ids,
     const dify_body_conf_t *conf, dify_body_result_t *res);
-static dify_body_rc_e dify_body_duplicates(json_t *ids, size_t n, int any,
+static dify_body_rc_e dify_body_count(size_t n, size_t bad,
+    const dify_body_conf_t *conf, dify_body_result_t *res);
+static dify_body_id_t *dify_body_id_array(size_t n, dify_body_id_t *stack,
     dify_body_result_t *res);
+static dify_body_rc_e dify_body_duplicates(dify_body_id_t *v, size_t n,
+    int any, dify_body_result_t *res);
 static void dify_body_uuid_bits(const unsigned char *p, dify_body_id_t *id);
 static int dify_body_cmp_uuid(const void *one, const void *two);
 static int dify_body_cmp_any(const void *one, const void *two);
@@ -57,6 +67,7 @@ dify_body_validate(const unsigned char *data, size_t len,
     dify_body_rc_e   rc;
 
     res->documents = 0;
+    res->fast = 0;
     res->message[0] = '\0';
 
     /*
@@ -76,16 +87,6 @@ dify_body_validate(const unsigned char *data, size_t len,
         return DIFY_BODY_BAD_REQUEST;
     }
 
-    /*
-     * A raw NUL is never JSON (in a string it must be escaped), but
-     * jansson skips one right after a number or a literal
-     */
-
-    if (memchr(data, '\0', len) != NULL) {
-        dify_body_error(res, "a NUL byte");
-        return DIFY_BODY_BAD_REQUEST;
-    }
-
     /* the values jansson would build: the root, the array, the ids, more */
 
     max = conf->max_documents;
@@ -95,6 +96,22 @@ dify_body_validate(const unsigned char *data, size_t len,
 
     } else {
         max += 2 + DIFY_BODY_EXTRA_VALUES;
+    }
+
+    if (!conf->no_fast && dify_body_fast(data, data + len, max, conf, res, &rc))
+    {
+        res->fast = 1;
+        return rc;
+    }
+
+    /*
+     * A raw NUL is never JSON (in a string it must be escaped), but
+     * jansson skips one right after a number or a literal
+     */
+
+    if (memchr(data, '\0', len) != NULL) {
+        dify_body_error(res, "a NUL byte");
+        return DIFY_BODY_BAD_REQUEST;
     }
 
     rc = dify_body_scan(data, data + len, max, res);
@@ -142,6 +159,178 @@ dify_body_validate(const unsigned char *data, size_t len,
     json_decref(root);
 
     return rc;
+}
+
+
+/*
+ * The body every client sends: {"document_ids": ["...", ...]}, with any
+ * JSON whitespace around the tokens and nothing else, each id printable
+ * ASCII without '"' or '\'.  For such a body jansson would build exactly
+ * that object, an array of those strings, byte for byte (no escape to
+ * decode, one key, so no duplicate keys), and the scan would find depth
+ * 2, no BOM, no NUL, and n + 2 values: so the ids are checked here, in
+ * the one pass that reads them, with nothing built.  Returns 0, having
+ * decided nothing, when the body is of any other form, or holds more ids
+ * than the value budget allows: the scan and jansson then decide, as
+ * they do for every other body, with the same answers.
+ */
+
+static int
+dify_body_fast(const unsigned char *p, const unsigned char *last, size_t max,
+    const dify_body_conf_t *conf, dify_body_result_t *res, dify_body_rc_e *rc)
+{
+    size_t                i, n, bad;
+    dify_body_id_t       *v;
+    const unsigned char  *ids, *s;
+    dify_body_id_t        stack[DIFY_BODY_STACK_IDS];
+
+    static const char     key[] = "\"document_ids\"";
+
+    p = dify_body_ws(p, last);
+
+    if (p == last || *p++ != '{') {
+        return 0;
+    }
+
+    p = dify_body_ws(p, last);
+
+    if ((size_t) (last - p) < sizeof(key) - 1
+        || memcmp(p, key, sizeof(key) - 1) != 0)
+    {
+        return 0;
+    }
+
+    p = dify_body_ws(p + sizeof(key) - 1, last);
+
+    if (p == last || *p++ != ':') {
+        return 0;
+    }
+
+    p = dify_body_ws(p, last);
+
+    if (p == last || *p++ != '[') {
+        return 0;
+    }
+
+    ids = p;
+    n = 0;
+    bad = SIZE_MAX;             /* the first id that is not a UUID */
+
+    p = dify_body_ws(p, last);
+
+    if (p != last && *p == ']') {
+        p++;
+
+    } else {
+
+        for ( ;; ) {
+
+            if (p == last || *p++ != '"') {
+                return 0;
+            }
+
+            for (s = p; p != last && *p != '"'; p++) {
+                if (*p < 0x20 || *p > 0x7e || *p == '\\') {
+                    return 0;
+                }
+            }
+
+            if (p == last) {
+                return 0;
+            }
+
+            /* the root and the array are values too */
+
+            if (n + 2 >= max) {
+                return 0;
+            }
+
+            if (!conf->ids_any && bad == SIZE_MAX
+                && !dify_is_uuid(s, p - s))
+            {
+                bad = n;
+            }
+
+            n++;
+            p = dify_body_ws(p + 1, last);
+
+            if (p == last) {
+                return 0;
+            }
+
+            if (*p == ']') {
+                p++;
+                break;
+            }
+
+            if (*p++ != ',') {
+                return 0;
+            }
+
+            p = dify_body_ws(p, last);
+        }
+    }
+
+    p = dify_body_ws(p, last);
+
+    if (p == last || *p++ != '}') {
+        return 0;
+    }
+
+    if (dify_body_ws(p, last) != last) {
+        return 0;
+    }
+
+    *rc = dify_body_count(n, bad, conf, res);
+
+    if (*rc == DIFY_BODY_OK && conf->reject_duplicates && n > 1) {
+
+        v = dify_body_id_array(n, stack, res);
+        if (v == NULL) {
+            *rc = DIFY_BODY_NOMEM;
+            return 1;
+        }
+
+        /* the ids again, between quotes: no id holds one */
+
+        for (i = 0, p = ids; i < n; i++) {
+            p = (const unsigned char *) memchr(p, '"', last - p) + 1;
+            s = memchr(p, '"', last - p);
+
+            v[i].data = p;
+            v[i].len = s - p;
+            v[i].index = i;
+
+            p = s + 1;
+        }
+
+        *rc = dify_body_duplicates(v, n, conf->ids_any, res);
+
+        if (v != stack) {
+            free(v);
+        }
+    }
+
+    if (*rc == DIFY_BODY_OK) {
+        res->documents = n;
+    }
+
+    return 1;
+}
+
+
+/* JSON's whitespace, as jansson and orjson read it */
+
+static const unsigned char *
+dify_body_ws(const unsigned char *p, const unsigned char *last)
+{
+    while (p != last
+           && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+    {
+        p++;
+    }
+
+    return p;
 }
 
 
@@ -275,9 +464,11 @@ static dify_body_rc_e
 dify_body_ids(json_t *ids, const dify_body_conf_t *conf,
     dify_body_result_t *res)
 {
-    size_t           i, n;
+    size_t           i, n, bad;
     json_t          *item;
+    dify_body_id_t  *v;
     dify_body_rc_e   rc;
+    dify_body_id_t   stack[DIFY_BODY_STACK_IDS];
 
     if (!json_is_array(ids)) {
         snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
@@ -288,11 +479,10 @@ dify_body_ids(json_t *ids, const dify_body_conf_t *conf,
     n = json_array_size(ids);
 
     if (conf->max_documents != 0 && n > conf->max_documents) {
-        snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
-                 "document_ids must not contain more than %zu items.",
-                 conf->max_documents);
-        return DIFY_BODY_INVALID_PARAM;
+        return dify_body_count(n, SIZE_MAX, conf, res);
     }
+
+    bad = SIZE_MAX;
 
     for (i = 0; i < n; i++) {
         item = json_array_get(ids, i);
@@ -307,22 +497,92 @@ dify_body_ids(json_t *ids, const dify_body_conf_t *conf,
             && !dify_is_uuid((const unsigned char *) json_string_value(item),
                              json_string_length(item)))
         {
-            snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
-                     "document_ids[%zu] is not a valid UUID.", i);
-            return DIFY_BODY_INVALID_PARAM;
+            bad = i;
+            break;
         }
     }
 
-    if (conf->reject_duplicates && n > 1) {
-        rc = dify_body_duplicates(ids, n, conf->ids_any, res);
-        if (rc != DIFY_BODY_OK) {
-            return rc;
+    rc = dify_body_count(n, bad, conf, res);
+
+    if (rc == DIFY_BODY_OK && conf->reject_duplicates && n > 1) {
+
+        v = dify_body_id_array(n, stack, res);
+        if (v == NULL) {
+            return DIFY_BODY_NOMEM;
+        }
+
+        for (i = 0; i < n; i++) {
+            item = json_array_get(ids, i);
+
+            v[i].data = (const unsigned char *) json_string_value(item);
+            v[i].len = json_string_length(item);
+            v[i].index = i;
+        }
+
+        rc = dify_body_duplicates(v, n, conf->ids_any, res);
+
+        if (v != stack) {
+            free(v);
         }
     }
 
-    res->documents = n;
+    if (rc == DIFY_BODY_OK) {
+        res->documents = n;
+    }
+
+    return rc;
+}
+
+
+/*
+ * Row 7 for n string ids, the first of them that is not a UUID at index
+ * bad (SIZE_MAX: none): the count first, then that id; duplicates are
+ * the caller's.
+ */
+
+static dify_body_rc_e
+dify_body_count(size_t n, size_t bad, const dify_body_conf_t *conf,
+    dify_body_result_t *res)
+{
+    if (conf->max_documents != 0 && n > conf->max_documents) {
+        snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
+                 "document_ids must not contain more than %zu items.",
+                 conf->max_documents);
+        return DIFY_BODY_INVALID_PARAM;
+    }
+
+    if (bad != SIZE_MAX) {
+        snprintf(res->message, DIFY_BODY_MESSAGE_LEN,
+                 "document_ids[%zu] is not a valid UUID.", bad);
+        return DIFY_BODY_INVALID_PARAM;
+    }
 
     return DIFY_BODY_OK;
+}
+
+
+/* room for n ids: on the stack when they fit, else malloc()'s */
+
+static dify_body_id_t *
+dify_body_id_array(size_t n, dify_body_id_t *stack, dify_body_result_t *res)
+{
+    dify_body_id_t  *v;
+
+    if (n <= DIFY_BODY_STACK_IDS) {
+        return stack;
+    }
+
+    v = NULL;
+
+    if (n <= SIZE_MAX / sizeof(dify_body_id_t)) {
+        v = malloc(n * sizeof(dify_body_id_t));
+    }
+
+    if (v == NULL) {
+        snprintf(res->message, DIFY_BODY_MESSAGE_LEN, "out of memory");
+    }
+
+    return v;
 }
 
 
@@ -331,44 +591,19 @@ dify_body_ids(json_t *ids, const dify_body_conf_t *conf,
  * first of each run at its lowest index.  Any other item of a run
  * repeats that first one; the lowest index among them is the first
  * duplicate in document order.  Every id is a string here, and a UUID
- * unless "any".
+ * unless "any"; data, len and index are set.
  */
 
 static dify_body_rc_e
-dify_body_duplicates(json_t *ids, size_t n, int any, dify_body_result_t *res)
+dify_body_duplicates(dify_body_id_t *v, size_t n, int any,
+    dify_body_result_t *res)
 {
     int              eq;
     size_t           i, g, first, later;
-    json_t          *item;
-    dify_body_id_t  *v, *id;
-    dify_body_id_t   stack[DIFY_BODY_STACK_IDS];
 
-    if (n <= DIFY_BODY_STACK_IDS) {
-        v = stack;
-
-    } else {
-        if (n > SIZE_MAX / sizeof(dify_body_id_t)) {
-            snprintf(res->message, DIFY_BODY_MESSAGE_LEN, "out of memory");
-            return DIFY_BODY_NOMEM;
-        }
-
-        v = malloc(n * sizeof(dify_body_id_t));
-        if (v == NULL) {
-            snprintf(res->message, DIFY_BODY_MESSAGE_LEN, "out of memory");
-            return DIFY_BODY_NOMEM;
-        }
-    }
-
-    for (i = 0; i < n; i++) {
-        item = json_array_get(ids, i);
-        id = &v[i];
-
-        id->data = (const unsigned char *) json_string_value(item);
-        id->len = json_string_length(item);
-        id->index = i;
-
-        if (!any) {
-            dify_body_uuid_bits(id->data, id);
+    if (!any) {
+        for (i = 0; i < n; i++) {
+            dify_body_uuid_bits(v[i].data, &v[i]);
         }
     }
 
@@ -398,10 +633,6 @@ dify_body_duplicates(json_t *ids, size_t n, int any, dify_body_result_t *res)
             later = v[i].index;
             first = v[g].index;
         }
-    }
-
-    if (v != stack) {
-        free(v);
     }
 
     if (later == n) {

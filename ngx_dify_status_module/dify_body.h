@@ -34,6 +34,7 @@ typedef struct {
     size_t      max_documents;      /* 0: no cap */
     unsigned    ids_any:1;          /* 0: every id must be a UUID */
     unsigned    reject_duplicates:1;
+    unsigned    no_fast:1;          /* tests: the scan and jansson always */
 } dify_body_conf_t;
 
 
@@ -48,11 +49,15 @@ typedef enum {
 
 typedef struct {
     size_t      documents;          /* number of document_ids when OK */
+    unsigned    fast:1;             /* decided in the common form's pass */
     char        message[DIFY_BODY_MESSAGE_LEN];
 } dify_body_result_t;
 
 
 /*
+ * The body every client sends, {"document_ids": ["...", ...]} with
+ * whitespace and printable ASCII ids without escapes, is checked in one
+ * pass that builds nothing, with the answers below; any other body:
  * First, one pass over the bytes that builds nothing: a leading UTF-8
  * byte order mark (orjson refuses it) and nesting deeper than
  * DIFY_BODY_MAX_DEPTH are BAD_REQUEST; more JSON values than

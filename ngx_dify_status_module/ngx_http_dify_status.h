@@ -277,6 +277,16 @@ ngx_int_t ngx_http_dify_limit_retry_after(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx);
 
 
+/*
+ * ngx_http_dify_status_log.c: a rejection's line, as ngx_log_error()
+ * writes it, written with the other lines of the same event-loop pass
+ */
+void ngx_http_dify_log(ngx_uint_t level, ngx_log_t *log, const char *fmt,
+    ...);
+ngx_int_t ngx_http_dify_log_init_process(ngx_cycle_t *cycle);
+void ngx_http_dify_log_exit_process(ngx_cycle_t *cycle);
+
+
 /* ngx_http_dify_status_variables.c */
 ngx_int_t ngx_http_dify_add_variables(ngx_conf_t *cf);
 

@@ -632,6 +632,7 @@ ngx_http_dify_check_body(ngx_http_request_t *r,
     bcf.ids_any = (dlcf->document_ids == NGX_HTTP_DIFY_IDS_ANY);
     bcf.reject_duplicates =
                     (dlcf->duplicate_ids == NGX_HTTP_DIFY_DUPLICATES_REJECT);
+    bcf.no_fast = 0;
 
     rc = dify_body_validate(body, len, &bcf, &res);
 
@@ -821,17 +822,17 @@ ngx_http_dify_verdict(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
 
     if (ctx->has_key) {
-        ngx_log_error(dlcf->log_level, r->connection->log, 0,
-                      "dify_status: %ui %V \"%*s\", key \"%*s\"",
-                      ctx->status, &ngx_http_dify_codes[ctx->code],
-                      ctx->message_len, ctx->message,
-                      (size_t) 12, ctx->key_hash);
+        ngx_http_dify_log(dlcf->log_level, r->connection->log,
+                          "dify_status: %ui %V \"%*s\", key \"%*s\"",
+                          ctx->status, &ngx_http_dify_codes[ctx->code],
+                          ctx->message_len, ctx->message,
+                          (size_t) 12, ctx->key_hash);
 
     } else {
-        ngx_log_error(dlcf->log_level, r->connection->log, 0,
-                      "dify_status: %ui %V \"%*s\"",
-                      ctx->status, &ngx_http_dify_codes[ctx->code],
-                      ctx->message_len, ctx->message);
+        ngx_http_dify_log(dlcf->log_level, r->connection->log,
+                          "dify_status: %ui %V \"%*s\"",
+                          ctx->status, &ngx_http_dify_codes[ctx->code],
+                          ctx->message_len, ctx->message);
     }
 
     return ngx_http_dify_answer(r, ctx);
@@ -1311,6 +1312,10 @@ ngx_http_dify_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    if (ngx_http_dify_log_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_dify_redis_init_process(cycle, mcf);
 }
 
@@ -1328,4 +1333,6 @@ ngx_http_dify_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_dify_redis_exit_process(cycle, mcf);
+
+    ngx_http_dify_log_exit_process(cycle);
 }

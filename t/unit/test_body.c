@@ -33,36 +33,67 @@
 
 
 /* the defaults of the module's directives */
-static const dify_body_conf_t  conf_uuid = { 100, 0, 1 };
-static const dify_body_conf_t  conf_any = { 100, 1, 1 };
-static const dify_body_conf_t  conf_dups = { 100, 0, 0 };
-static const dify_body_conf_t  conf_any_dups = { 100, 1, 0 };
-static const dify_body_conf_t  conf_nocap = { 0, 0, 1 };
-static const dify_body_conf_t  conf_any_nocap = { 0, 1, 1 };
+static const dify_body_conf_t  conf_uuid = { 100, 0, 1, 0 };
+static const dify_body_conf_t  conf_any = { 100, 1, 1, 0 };
+static const dify_body_conf_t  conf_dups = { 100, 0, 0, 0 };
+static const dify_body_conf_t  conf_any_dups = { 100, 1, 0, 0 };
+static const dify_body_conf_t  conf_nocap = { 0, 0, 1, 0 };
+static const dify_body_conf_t  conf_any_nocap = { 0, 1, 1, 0 };
+
+
+/* bodies the one-pass reading of the common form decided, of all */
+static size_t  fast_decided, validated;
+static int     both_ways = 1;       /* 0: allocations fail on purpose */
 
 
 /*
  * Validates a copy of exactly len bytes, so that ASan sees any read
- * past the body, and checks what holds whatever the outcome.
+ * past the body, and checks what holds whatever the outcome.  Every
+ * body is validated twice, as the module does and with the common form's
+ * one-pass reading turned off (the scan and jansson alone): both must
+ * give the same answer, the same message and the same count, so every
+ * case of this file is also a test of that reading against jansson.
  */
 
 static dify_body_rc_e
 validate(const char *body, size_t len, const dify_body_conf_t *conf,
     dify_body_result_t *res)
 {
-    size_t          i;
-    unsigned char  *copy;
-    dify_body_rc_e  rc;
+    size_t              i;
+    unsigned char      *copy;
+    dify_body_rc_e      rc, slow_rc;
+    dify_body_conf_t    slow;
+    dify_body_result_t  slow_res;
 
     copy = malloc(len ? len : 1);
     assert_non_null(copy);
     memcpy(copy, body, len);
+
+    slow = *conf;
+    slow.no_fast = 1;
+
+    memset(&slow_res, 'X', sizeof(dify_body_result_t));
+    slow_rc = both_ways ? dify_body_validate(copy, len, &slow, &slow_res)
+                        : DIFY_BODY_OK;
 
     memset(res, 'X', sizeof(dify_body_result_t));
 
     rc = dify_body_validate(copy, len, conf, res);
 
     free(copy);
+
+    validated++;
+    fast_decided += res->fast;
+
+    if (both_ways && !conf->no_fast) {
+        assert_int_equal(slow_res.fast, 0);
+        assert_int_equal(rc, slow_rc);
+        assert_string_equal(res->message, slow_res.message);
+
+        if (rc == DIFY_BODY_OK) {
+            assert_int_equal(res->documents, slow_res.documents);
+        }
+    }
 
     assert_true(memchr(res->message, '\0', DIFY_BODY_MESSAGE_LEN) != NULL);
 
@@ -1530,6 +1561,7 @@ test_nomem(void **state)
      */
 
     json_set_alloc_funcs(failing_malloc, free);
+    both_ways = 0;
 
     nomem = 0;
 
@@ -1549,6 +1581,7 @@ test_nomem(void **state)
     }
 
     json_set_alloc_funcs(malloc, free);
+    both_ways = 1;
 
     assert_int_equal(rc, DIFY_BODY_OK);
     assert_int_equal(res.documents, 2);
@@ -1585,11 +1618,258 @@ test_result_reset(void **state)
 }
 
 
+/*
+ * The common form's one-pass reading: which bodies it decides, which it
+ * leaves to the scan and jansson; validate() checks each against them.
+ */
+
+typedef struct {
+    const char  *body;
+    int          fast;              /* 1: decided in the one pass */
+    int          rc;
+} fast_case_t;
+
+
+static void
+test_fast(void **state)
+{
+    size_t               i;
+    dify_body_rc_e       rc;
+    dify_body_result_t   res;
+
+    static const fast_case_t  cases[] = {
+        { "{\"document_ids\":[\"" U1 "\"]}", 1, DIFY_BODY_OK },
+        { " \t\r\n{ \"document_ids\" : [ \"" U1 "\" , \"" U2 "\" ] } \n",
+          1, DIFY_BODY_OK },
+        { "{\"document_ids\":[]}", 1, DIFY_BODY_OK },
+        { "{\"document_ids\":[ ]}", 1, DIFY_BODY_OK },
+        { "{\"document_ids\":[\"x\"]}", 1, DIFY_BODY_INVALID_PARAM },
+        { "{\"document_ids\":[\"" U1 "\",\"" U1_UPPER "\"]}",
+          1, DIFY_BODY_INVALID_PARAM },
+        { "{\"document_ids\":[\"" U1 "\",\"x\",\"" U1 "\"]}",
+          1, DIFY_BODY_INVALID_PARAM },
+        { "{\"document_ids\":[\"\"]}", 1, DIFY_BODY_INVALID_PARAM },
+        /* left to jansson: every other form, same answers */
+        { "{\"document_ids\":[\"" U1 "\",]}", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[,\"" U1 "\"]}", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"" U1 "\"]", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"" U1 "\"]}x", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"" U1 "\"]}{}", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"" U1 "\"]}\f", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"" U1 "\"]\v}", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"" U1 "]}", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"a\tb\"]}", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"a\x7f\"]}", 0, DIFY_BODY_INVALID_PARAM },
+        { "{\"document_ids\":[\"\\u0033f2504e0-4f89-11d3-9a0c-0305e82c3301\"]}",
+          0, DIFY_BODY_OK },
+        { "{\"document\\u005fids\":[\"" U1 "\"]}", 0, DIFY_BODY_OK },
+        { "{\"document_ids\":[\"" U1 "\"],\"document_ids\":[]}",
+          0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"" U1 "\"],\"x\":1}", 0, DIFY_BODY_OK },
+        { "{\"x\":1,\"document_ids\":[\"" U1 "\"]}", 0, DIFY_BODY_OK },
+        { "{\"document_ids\":[\"" U1 "\",1]}", 0, DIFY_BODY_INVALID_PARAM },
+        { "{\"document_ids\":[\"" U1 "\",[]]}", 0, DIFY_BODY_INVALID_PARAM },
+        { "{\"document_ids\":\"" U1 "\"}", 0, DIFY_BODY_INVALID_PARAM },
+        { "{\"document_ids\":null}", 0, DIFY_BODY_INVALID_PARAM },
+        { "{\"Document_ids\":[\"" U1 "\"]}", 0, DIFY_BODY_INVALID_PARAM },
+        { "{\"document_ids \":[\"" U1 "\"]}", 0, DIFY_BODY_INVALID_PARAM },
+        { "[\"" U1 "\"]", 0, DIFY_BODY_BAD_REQUEST },
+        { "{}", 0, DIFY_BODY_INVALID_PARAM },
+        { "{", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\"", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"" U1 "\"", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"" U1 "\" ", 0, DIFY_BODY_BAD_REQUEST },
+        { "{\"document_ids\":[\"\xc3\xa9\"]}", 0, DIFY_BODY_INVALID_PARAM },
+        { "{\"document_ids\":[\"\xc3\"]}", 0, DIFY_BODY_BAD_REQUEST },
+    };
+
+    (void) state;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        rc = validate(cases[i].body, strlen(cases[i].body), &conf_uuid, &res);
+
+        if ((int) rc != cases[i].rc || res.fast != (unsigned) cases[i].fast) {
+            print_error("case %zu: %s: rc %d, fast %u\n", i, cases[i].body,
+                        (int) rc, res.fast);
+        }
+
+        assert_int_equal(rc, cases[i].rc);
+        assert_int_equal(res.fast, cases[i].fast);
+
+        (void) validate(cases[i].body, strlen(cases[i].body), &conf_any,
+                        &res);
+        (void) validate(cases[i].body, strlen(cases[i].body), &conf_dups,
+                        &res);
+        (void) validate(cases[i].body, strlen(cases[i].body),
+                        &conf_any_nocap, &res);
+    }
+}
+
+
+/* n ids, U1-like with i in the last 8 digits; dup: the last repeats 0 */
+
+static char *
+fast_body(size_t n, int dup, size_t *len)
+{
+    char    *b, *p;
+    size_t   i;
+
+    b = malloc(32 + n * 40);
+    assert_non_null(b);
+
+    p = b + sprintf(b, "{\"document_ids\": [");
+
+    for (i = 0; i < n; i++) {
+        p += sprintf(p, "%s\"3f2504e0-4f89-11d3-9a0c-0305%08zx\"",
+                     i ? ", " : "", (dup && i == n - 1) ? (size_t) 0 : i);
+    }
+
+    p += sprintf(p, "]}");
+    *len = p - b;
+
+    return b;
+}
+
+
+static void
+test_fast_counts(void **state)
+{
+    char                *b;
+    size_t               n, len;
+    dify_body_conf_t     conf;
+    dify_body_result_t   res;
+
+    static const size_t  ns[] = { 1, 31, 32, 33, 99, 100, 101, 163, 164,
+                                  165, 166, 167, 1000 };
+
+    (void) state;
+
+    /*
+     * Around the stack's 32 ids, max_documents (100), and the value
+     * budget (100 + 66 values: 164 ids and the root and the array): past
+     * it the scan answers 413, as before.
+     */
+
+    conf = conf_uuid;
+
+    for (n = 0; n < sizeof(ns) / sizeof(ns[0]); n++) {
+        b = fast_body(ns[n], 0, &len);
+        conf.reject_duplicates = 1;
+        (void) validate(b, len, &conf, &res);
+        assert_int_equal(res.fast, ns[n] + 2 <= 100 + 66);
+        conf.reject_duplicates = 0;
+        (void) validate(b, len, &conf, &res);
+        free(b);
+
+        b = fast_body(ns[n], 1, &len);
+        conf.reject_duplicates = 1;
+        (void) validate(b, len, &conf, &res);
+        conf.reject_duplicates = 0;
+        (void) validate(b, len, &conf, &res);
+        free(b);
+    }
+
+    b = fast_body(100, 1, &len);
+    conf.reject_duplicates = 1;
+    assert_int_equal(validate(b, len, &conf, &res), DIFY_BODY_INVALID_PARAM);
+    assert_true(res.fast);
+    assert_string_equal(res.message,
+                        "document_ids[99] duplicates document_ids[0].");
+    free(b);
+
+    b = fast_body(101, 0, &len);
+    assert_int_equal(validate(b, len, &conf, &res), DIFY_BODY_INVALID_PARAM);
+    assert_true(res.fast);
+    free(b);
+
+    b = fast_body(1000, 0, &len);
+    assert_int_equal(validate(b, len, &conf, &res),
+                     DIFY_BODY_TOO_MANY_VALUES);
+    assert_false(res.fast);
+    conf.max_documents = 0;
+    assert_int_equal(validate(b, len, &conf, &res), DIFY_BODY_OK);
+    assert_true(res.fast);
+    assert_int_equal(res.documents, 1000);
+    free(b);
+}
+
+
+/*
+ * Every single-byte change of common bodies, in every configuration:
+ * the one pass and jansson agree on all (validate() checks).
+ */
+
+static void
+test_fast_mutations(void **state)
+{
+    char                *b;
+    size_t               i, k, c, n, len, fast;
+    dify_body_result_t   res;
+
+    static const unsigned char  bytes[] = {
+        ' ', '\t', '\n', '\r', '\f', '"', '\\', ',', ':', '[', ']', '{',
+        '}', '0', 'a', 'A', 'g', '-', 0x7f, 0x80, 0xc3, 0xff, '\0', 'u'
+    };
+
+    const dify_body_conf_t  *confs[] = {
+        &conf_uuid, &conf_any, &conf_dups, &conf_any_dups, &conf_nocap
+    };
+
+    (void) state;
+
+    fast = 0;
+
+    for (n = 0; n <= 3; n++) {
+        b = fast_body(n, n == 3, &len);
+
+        for (i = 0; i < len; i++) {
+            for (c = 0; c < sizeof(bytes); c++) {
+                char  saved = b[i];
+
+                b[i] = (char) bytes[c];
+
+                for (k = 0; k < sizeof(confs) / sizeof(confs[0]); k++) {
+                    (void) validate(b, len, confs[k], &res);
+                    fast += res.fast;
+                }
+
+                b[i] = saved;
+            }
+        }
+
+        free(b);
+    }
+
+    print_message("%zu mutated bodies decided in the one pass\n", fast);
+    assert_true(fast > 1000);
+}
+
+
+static void
+test_fast_share(void **state)
+{
+    (void) state;
+
+    /* this file's bodies, the orjson corpus included, both ways */
+
+    print_message("%zu bodies validated both ways, %zu of them decided "
+                  "in the common form's one pass\n", validated, fast_decided);
+    assert_true(fast_decided > 0);
+    assert_true(fast_decided < validated);
+}
+
+
 int
 main(void)
 {
     const struct CMUnitTest  tests[] = {
         cmocka_unit_test(test_valid),
+        cmocka_unit_test(test_fast),
+        cmocka_unit_test(test_fast_counts),
+        cmocka_unit_test(test_fast_mutations),
         cmocka_unit_test(test_not_json),
         cmocka_unit_test(test_not_object),
         cmocka_unit_test(test_duplicate_keys),
@@ -1609,6 +1889,7 @@ main(void)
         cmocka_unit_test(test_large),
         cmocka_unit_test(test_nomem),
         cmocka_unit_test(test_result_reset),
+        cmocka_unit_test(test_fast_share),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
