@@ -135,7 +135,9 @@ subtest 'rate=5 r/h: exactly 5 of 8 sequential requests pass' => sub {
     ok $pttl > 3590_000 && $pttl <= 3600_000,
         "state key expires when the bucket is full again (PTTL $pttl)";
     my ($sec, $usec) = @{ $t->redis('TIME') };
-    my $tat = $t->redis('GET', tat_key($key));
+    # "TAT:INTERVAL", the interval the TAT was written under
+    my ($tat, $iv) = split /:/, $t->redis('GET', tat_key($key));
+    is $iv, 720e6, 'state records its interval (720 s)';
     my $d = $tat - ($sec * 1e6 + $usec);
     ok $d > 3590e6 && $d <= 3600e6, "TAT is now + 5 * 720 s (d = $d us)";
 };
@@ -312,9 +314,10 @@ subtest 'cost=documents' => sub {
 
 # ---------------------------------------------------------------------------
 subtest 'overrides in Redis take effect without reload' => sub {
-    # lowered: 1 used of 5 (720 s owed); then rate 1 r/h burst 2:
-    # 720 + 3600 <= 7200 passes once more, 4320 + 3600 > 7200 does not,
-    # and the wait is 720 s
+    # lowered: 1 used of 5 (720 s owed); then rate 1 r/h burst 2: the
+    # unit spent is kept (3600 s owed at the new rate, not 720 s),
+    # 3600 + 3600 <= 7200 passes once more, 7200 + 3600 > 7200 does
+    # not, and the wait is 3600 s
     my $key = fresh_key('lower');
     my $r = patch($t, $key);
     is rl($r)->{r}, 4, 'default limit first';
@@ -327,7 +330,8 @@ subtest 'overrides in Redis take effect without reload' => sub {
     is rl($r)->{r}, 0, 'r=0';
     $r = patch($t, $key);
     is $r->{status}, 429, 'then limited';
-    is $r->{headers}{'retry-after'}, 720, 'Retry-After from the override';
+    is $r->{headers}{'retry-after'}, 3600,
+        'Retry-After from the override, the spent unit kept';
     is scalar(upstream_for($t, $key)), 1, 'upstream got the one admitted';
 
     # raised: 1 used of 5, then burst 20: 19 more pass, not 4
