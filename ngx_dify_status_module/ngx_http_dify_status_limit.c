@@ -135,6 +135,7 @@ static void ngx_http_dify_limit_decided(ngx_http_request_t *r,
 static void ngx_http_dify_limit_reject(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm,
     ngx_http_dify_limit_item_t *it);
+static void ngx_http_dify_limit_uncharge(ngx_http_dify_limit_item_t *it);
 static void ngx_http_dify_limit_commit(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm);
 static ngx_int_t ngx_http_dify_limit_cached(ngx_http_request_t *r,
@@ -609,6 +610,7 @@ ngx_http_dify_limit_fallback(ngx_http_request_t *r,
         /* on a copy: charged by ngx_http_dify_limit_commit() */
 
         dify_gcra_decide(&tat, now, &limit, it->cost, &it->res);
+        ngx_http_dify_limit_uncharge(it);
         it->has_res = 1;
     }
 }
@@ -626,7 +628,8 @@ ngx_http_dify_limit_decided(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm,
     ngx_uint_t cached)
 {
-    ngx_uint_t                    i, by_allow, by_local, blocked, denied;
+    ngx_uint_t                    i, j, by_allow, by_local, blocked;
+    ngx_uint_t                    denied;
     ngx_http_dify_ctx_t          *ctx;
     ngx_http_dify_limit_item_t   *it, *refused, *least;
     ngx_http_dify_limit_group_t  *g;
@@ -694,9 +697,17 @@ ngx_http_dify_limit_decided(ngx_http_request_t *r,
         for (i = 0; i < lm->ngroups; i++) {
             g = &lm->groups[i];
 
-            if (g->charged) {
-                g->charged = 0;
-                (void) ngx_http_dify_limit_send(r, dlcf, g, 1);
+            if (!g->charged) {
+                continue;
+            }
+
+            g->charged = 0;
+            (void) ngx_http_dify_limit_send(r, dlcf, g, 1);
+
+            /* the answer shows the states as given back */
+
+            for (j = 0; j < g->n; j++) {
+                ngx_http_dify_limit_uncharge(&lm->items[g->item[j]]);
             }
         }
     }
@@ -726,6 +737,16 @@ ngx_http_dify_limit_decided(ngx_http_request_t *r,
 
     if (refused == NULL) {
         ngx_http_dify_limit_commit(r, dlcf, lm);
+
+        /* the limits decided here are charged now: the least again */
+
+        for (i = 0; i < lm->nitems; i++) {
+            it = &lm->items[i];
+
+            if (it->has_res && it->res.remaining < ctx->gcra.remaining) {
+                ctx->gcra = it->res;
+            }
+        }
 
         if (by_local) {
             ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED);
@@ -833,6 +854,29 @@ ngx_http_dify_limit_reject(ngx_http_request_t *r,
 
     ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_TOO_MANY_REQUESTS,
                          dlcf->limit_status, (const char *) msg, p - msg);
+}
+
+
+/*
+ * An admitted result as it was before its charge: what a request that
+ * another limit refused leaves, since it is charged nowhere.
+ */
+
+static void
+ngx_http_dify_limit_uncharge(ngx_http_dify_limit_item_t *it)
+{
+    uint64_t  t, tol, back;
+
+    if (it->res.verdict != DIFY_GCRA_ALLOWED) {
+        return;
+    }
+
+    t = dify_gcra_interval(&it->res.limit);
+    tol = it->res.limit.burst * t;
+    back = it->cost * t;
+
+    it->res.reset = (it->res.reset > back) ? it->res.reset - back : 0;
+    it->res.remaining = (tol - it->res.reset) / t;
 }
 
 
@@ -952,6 +996,7 @@ ngx_http_dify_limit_cached(ngx_http_request_t *r,
         it = &lm->items[i];
 
         dify_gcra_decide(&tat[i], now, &limit[i], it->cost, &it->res);
+        ngx_http_dify_limit_uncharge(it);
 
         if (fresh[i] && it->res.verdict != DIFY_GCRA_ALLOWED) {
             rc = NGX_OK;
