@@ -202,10 +202,12 @@ subtest 'a limited key is refused from shared memory, not Redis' => sub {
     is $r[9]{headers}{'retry-after'}, 720, 'with the same Retry-After';
     is rl($r[9])->{r}, 0, 'and RateLimit';
 
-    # so a raised override cannot help it before the wait is over
+    # a raised override written by hand: in force within a second (the
+    # cached verdict's life; t/23 checks it on every node and worker)
     $t->redis('HSET', limit_key($key), 'burst', '50');
-    is patch($t, $key)->{status}, 429,
-        'raised override: still limited while the wait lasts (by design)';
+    Time::HiRes::sleep(1.1);
+    is patch($t, $key)->{status}, 200,
+        'raised override: in force a second later';
 };
 
 subtest 'Retry-After is honest (rate=1 r/s burst=2)' => sub {
@@ -215,8 +217,6 @@ subtest 'Retry-After is honest (rate=1 r/s burst=2)' => sub {
     my $ra = $r[2]{headers}{'retry-after'} // 0;
     is $ra, 1, 'Retry-After: 1';
     $t->redis('HSET', limit_key($key), 'burst', '10');
-    is patch($t, $key, prefix => '/s/v1')->{status}, 429,
-        'raised override, still within the wait: 429';
     Time::HiRes::sleep($ra + 0.1);
     my $r = patch($t, $key, prefix => '/s/v1');
     is $r->{status}, 200, 'passes once Retry-After has elapsed';
