@@ -69,7 +69,7 @@ test dies.
   $t->start_nginx(http   => $snippet, %opt)  # inside http {}
   $t->start_nginx(conf   => $full_conf)      # whole file (placeholders only)
 
-Options: C<preload> (a library for LD_PRELOAD, after a sanitizer's),
+Options: C<preload> (a library for LD_PRELOAD, before a sanitizer's),
 C<env> (a hashref of environment variables for nginx), C<main>
 (main-context directives), C<events> (directives
 inside events{}, e.g. "accept_mutex on;"), C<workers> (default 1),
@@ -684,10 +684,12 @@ sub _try_start {
             "--log-file=$dir/san/valgrind.%p.log", @supp;
     }
 
-    # preload => 'lib.so' (after the sanitizer's), env => { extra }
+    # preload => 'lib.so', env => { extra }; the library goes before a
+    # sanitizer's (libfaketime after libasan hangs at start; ASan runs
+    # with verify_asan_link_order=0)
     my %env = ($self->_sanitizer_env, %{ $a{env} // {} });
     $env{LD_PRELOAD} = join ' ', grep { defined && length }
-        ($env{LD_PRELOAD}, $a{preload}) if $a{preload};
+        ($a{preload}, $env{LD_PRELOAD}) if $a{preload};
 
     my $p = $self->_spawn('nginx', \@cmd,
         output => "$dir/nginx.stderr",
