@@ -191,6 +191,7 @@ typedef struct {
      * wait), or else the one with the least remaining
      */
     dify_gcra_result_t         gcra;
+    ngx_str_t                  limit_name;          /* the one that refused */
     ngx_http_dify_limiter_t   *limiter;             /* the limits' state */
     ngx_event_t                wait;                /* posted: resume */
     ngx_http_request_t        *request;

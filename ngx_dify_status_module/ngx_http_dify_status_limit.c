@@ -685,6 +685,7 @@ ngx_http_dify_limit_decided(ngx_http_request_t *r,
 
     if (refused != NULL) {
         ctx->gcra = refused->res;
+        ctx->limit_name = refused->conf->name;
 
     } else if (least != NULL) {
         ctx->gcra = least->res;

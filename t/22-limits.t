@@ -41,6 +41,7 @@ sub loc {
 
 my $SERVER = q{
         add_header X-Dify-Status $dify_status always;
+        add_header X-Dify-Limit $dify_status_limit always;
 } . loc('/w2/v1', 'dify_status_limit name=short rate=3r/h;
             dify_status_limit name=daily rate=5r/d;')
   . loc('/both/v1', 'dify_status_limit name=a rate=1r/h burst=1;
@@ -132,6 +133,8 @@ subtest 'two windows on one key: exact counts for each' => sub {
     is_deeply [ map { lims($_)->{daily}{r} } @r ], [ 4, 3, 2, 2 ],
         'daily: the refused 4th cost nothing';
     is $r[3]{headers}{'retry-after'}, 1200, 'Retry-After: the short wait';
+    is $r[3]{headers}{'x-dify-limit'}, 'short', '$dify_status_limit: short';
+    ok !exists $r[0]{headers}{'x-dify-limit'}, '$dify_status_limit: unset when passed';
     is $r[3]{body}, envelope(429, 'too_many_requests',
         'Rate limit "short" exceeded for this API key; retry in 1200 seconds.'),
         'the message names the limit';
@@ -165,6 +168,7 @@ subtest 'Retry-After is the longest wait of the limits that refused' => sub {
     my @r = map { patch($t, $key, prefix => '/both/v1') } 1 .. 2;
     is statuses(@r), '200 429', 'one passes';
     is $r[1]{headers}{'retry-after'}, 86400, 'both refuse: the day';
+    is $r[1]{headers}{'x-dify-limit'}, 'b', '$dify_status_limit: the longest wait';
     like $r[1]{json}{message}, qr/^Rate limit "b" exceeded/, 'named: b';
     my $l = lims($r[1]);
     is "$l->{a}{r} $l->{b}{r}", '0 0', 'both at 0';
