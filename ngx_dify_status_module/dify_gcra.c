@@ -65,8 +65,12 @@ static uint64_t dify_gcra_ceil_sec(uint64_t us);
  * An override rate brings its own burst, its number of units, as the
  * rate= of dify_status_limit does, unless the override sets burst too.
  *
- * A state is "TAT:INTERVAL" (a state written before r/d existed is
- * "TAT", its interval unknown: taken as the one in force).  A TAT that
+ * A state is "TAT.IIIIIIIIIII": the TAT, a point, and the interval in
+ * 11 digits (86400000000 at most), so that a node of the version before
+ * r/d, whose script reads the state with tonumber() and floors what it
+ * owes, still reads the TAT (the fraction is below 1) during a rolling
+ * upgrade.  A state without the point is that version's bare TAT, its
+ * interval unknown: taken as the one in force.  A TAT that
  * is not a number, is negative or NaN counts as absent; one beyond
  * now + tol counts as now + tol.  Under another interval than the
  * state's, the key owes ceil(d / T_state) units (at most burst), at T
@@ -112,7 +116,8 @@ const char  dify_gcra_script[] =
     "local function state(key)\n"
     "    local s = redis.call('GET', key)\n"
     "    if type(s) ~= 'string' then return nil, nil end\n"
-    "    local a, b = string.match(s, '^(%d+):(%d+)$')\n"
+    "    local a, b = string.match(s, '^(%d+)%.(' .. string.rep('%d', 11)\n"
+    "                                  .. ')$')\n"
     "    if a then\n"
     "        b = tonumber(b)\n"
     "        if b < 1 then b = nil end\n"
@@ -121,7 +126,7 @@ const char  dify_gcra_script[] =
     "    return tonumber(s), nil\n"
     "end\n"
     "local function store(key, tat, t)\n"
-    "    redis.call('SET', key, string.format('%.0f:%.0f', tat, t),\n"
+    "    redis.call('SET', key, string.format('%.0f.%011.0f', tat, t),\n"
     "               'PXAT', math.ceil(tat / 1000))\n"
     "end\n"
     "local n = #KEYS - 1\n"

@@ -97,7 +97,7 @@ sub lims {
 sub owed_units {
     my ($key) = @_;
     my $v = $t->redis('GET', $key) // return 0;
-    my ($tat, $iv) = split /:/, $v;
+    my ($tat, $iv) = split /\./, $v;
     my ($s, $us) = @{ $t->redis('TIME') };
     my $d = $tat - ($s * 1e6 + $us);
     return 0 if $d <= 0;
@@ -319,7 +319,7 @@ subtest 'r/d at the caps' => sub {
     is "$l->{default}{q} $l->{default}{w}", '41666 3599942400',
         'q=41666, w = 41666 days in seconds';
     is "$l->{default}{r} $l->{default}{t}", '41665 86400', 'r, t = a day';
-    my ($tat, $iv) = split /:/, $t->redis('GET', tat_key($key));
+    my ($tat, $iv) = split /\./, $t->redis('GET', tat_key($key));
     is $iv, 86400e6, 'the state\'s interval: a day in us';
 
     # the whole bucket at once: 41665 more units (cost=documents, in
@@ -328,7 +328,7 @@ subtest 'r/d at the caps' => sub {
     my ($s, $us) = @{ $t->redis('TIME') };
     my $now = $s * 1e6 + $us;
     my $full = $now + 41665 * 86400e6;
-    $t->redis('SET', tat_key($key), sprintf('%.0f:%.0f', $full, 86400e6));
+    $t->redis('SET', tat_key($key), sprintf('%.0f.%011.0f', $full, 86400e6));
     ok $full < 2**53, 'a TAT 41665 days ahead is below 2^53';
     $r = patch($t, $key, prefix => '/rd/v1');
     is $r->{status}, 200, 'the last unit of the bucket passes';

@@ -262,7 +262,7 @@ subtest 'a change of rate keeps the spent units' => sub {
     @r = map { patch($t, $k2, port => $PORTS[ $_ % 2 ]) } 1 .. 3;
     is join(' ', map { $_->{status} } @r), '200 200 429',
         'redis-cli 1r/d burst 3: the 2 units left pass';
-    my ($tat, $iv) = split /:/, $t->redis('GET', tat_key($k2));
+    my ($tat, $iv) = split /\./, $t->redis('GET', tat_key($k2));
     is $iv, 86400e6, 'the state is now kept at a day\'s interval';
 
     # a named limit, through the tool's state

@@ -429,7 +429,7 @@ step(test_key_t *k, uint64_t cost, dify_gcra_result_t *out)
         fail_msg("script reply rejected: %s", err);
     }
 
-    /* the state: "TAT:INTERVAL" */
+    /* the state: "TAT.IIIIIIIIIII" */
 
     r = exec->element[2];
     stored = 0;
@@ -438,7 +438,8 @@ step(test_key_t *k, uint64_t cost, dify_gcra_result_t *out)
     if (r->type == REDIS_REPLY_STRING) {
         stored = strtoll(r->str, &colon, 10);
 
-        if (*colon == ':') {
+        if (*colon == '.') {
+            assert_int_equal(strlen(colon + 1), 11);
             stored_iv = strtoull(colon + 1, NULL, 10);
         }
     }
@@ -1090,6 +1091,149 @@ test_foreign_state(void **state)
 }
 
 
+/*
+ * Two limits of one key in one call: one refuses, neither is charged;
+ * both admit, both are; "r" gives the units back; and a state as an
+ * older node's script reads it (tonumber, floor) is its TAT.
+ */
+
+static void
+test_several(void **state)
+{
+    char                 *dot;
+    int64_t               tat0, tat1;
+    redisReply           *reply;
+    dify_gcra_result_t    res[2];
+
+    (void) state;
+
+    if (tr.missing) {
+        skip();
+    }
+
+    cmd_ok("DEL s:lim s:tat s:tat:day");
+
+    /* default 10 r/s burst 5, day 2 r/d burst 1: the day admits once */
+
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
+                "default 10 1 5 1 day 2 86400 1 1");
+    assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
+                     DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_charged(res, 2), 1);
+    assert_int_equal(res[0].remaining, 4);
+    assert_int_equal(res[1].remaining, 0);
+    assert_int_equal(res[1].reset, 43200000000ULL);
+    freeReplyObject(reply);
+
+    reply = cmd("GET s:tat");
+    tat0 = strtoll(reply->str, &dot, 10);
+    assert_string_equal(dot, ".00000100000");
+    freeReplyObject(reply);
+
+    reply = cmd("GET s:tat:day");
+    tat1 = strtoll(reply->str, &dot, 10);
+    assert_string_equal(dot, ".43200000000");
+    freeReplyObject(reply);
+
+    /* the day refuses: the default is not charged */
+
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
+                "default 10 1 5 1 day 2 86400 1 1");
+    assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
+                     DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_charged(res, 2), 0);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_LIMITED);
+    freeReplyObject(reply);
+
+    reply = cmd("GET s:tat");
+    assert_int_equal(strtoll(reply->str, NULL, 10), tat0);
+    freeReplyObject(reply);
+
+    /* per-limit overrides: day.burst 3; the block is every limit's */
+
+    cmd_ok("HSET s:lim day.burst 3");
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
+                "default 10 1 5 1 day 2 86400 1 1");
+    assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
+                     DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_charged(res, 2), 1);
+    assert_int_equal(res[1].limit.burst, 3);
+    assert_int_equal(res[1].remaining, 1);
+    freeReplyObject(reply);
+
+    cmd_ok("HSET s:lim blocked 1");
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
+                "default 10 1 5 1 day 2 86400 1 1");
+    assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
+                     DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_BLOCKED);
+    freeReplyObject(reply);
+    cmd_ok("HDEL s:lim blocked");
+
+    /* "r": one unit back to each, at each state's own interval */
+
+    reply = cmd("GET s:tat:day");
+    tat1 = strtoll(reply->str, NULL, 10);
+    freeReplyObject(reply);
+
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day r %s", tr.sha,
+                "1 100000 1 43200000000");
+    assert_int_equal(reply->type, REDIS_REPLY_INTEGER);
+    assert_int_equal(reply->integer, 2);
+    freeReplyObject(reply);
+
+    reply = cmd("GET s:tat:day");
+    assert_int_equal(strtoll(reply->str, NULL, 10), tat1 - 43200000000LL);
+    freeReplyObject(reply);
+
+    /* a refund past the state empties it: the bucket is full */
+
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day r %s", tr.sha,
+                "100 100000 100 43200000000");
+    assert_int_equal(reply->integer, 2);
+    freeReplyObject(reply);
+    reply = cmd("EXISTS s:tat s:tat:day");
+    assert_int_equal(reply->integer, 0);
+    freeReplyObject(reply);
+
+    /* bad arguments: the packed list must match the keys */
+
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
+                "default 10 1 5 1");
+    assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
+                     DIFY_REPLY_ERROR);
+    freeReplyObject(reply);
+    reply = cmd("EVALSHA %s 2 s:lim s:tat c %s", tr.sha,
+                "default  10 1 5 1");
+    assert_int_equal(reply->type, REDIS_REPLY_ERROR);
+    freeReplyObject(reply);
+    reply = cmd("EVALSHA %s 2 s:lim s:tat c %s", tr.sha,
+                "de.fault 10 1 5 1");
+    assert_int_equal(reply->type, REDIS_REPLY_ERROR);
+    freeReplyObject(reply);
+
+    /*
+     * the script of the version before r/d reads a state with
+     * tonumber() and floors what it owes: the TAT, not less
+     */
+
+    reply = cmd("EVALSHA %s 2 s:lim s:tat c %s", tr.sha,
+                "default 1 86400 5 1");
+    freeReplyObject(reply);
+    reply = cmd("GET s:tat");
+    tat0 = strtoll(reply->str, NULL, 10);
+    freeReplyObject(reply);
+    reply = cmd("EVAL %s 1 s:tat",
+                "return string.format('%.0f', math.floor("
+                "tonumber(redis.call('GET', KEYS[1]))))");
+    assert_int_equal(reply->type, REDIS_REPLY_STRING);
+    assert_int_equal(strtoll(reply->str, NULL, 10), tat0);
+    freeReplyObject(reply);
+}
+
+
 static void
 test_arguments(void **state)
 {
@@ -1255,6 +1399,7 @@ main(void)
         cmocka_unit_test_setup(test_blocked, test_setup),
         cmocka_unit_test_setup(test_foreign_state, test_setup),
         cmocka_unit_test_setup(test_arguments, test_setup),
+        cmocka_unit_test_setup(test_several, test_setup),
         cmocka_unit_test_setup(test_random_agreement, test_setup),
     };
 
