@@ -1108,9 +1108,10 @@ ngx_http_dify_limit_headers(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
         return NGX_OK;
     }
 
-    /* "name";q=N;w=N and "name";r=N;t=N, ", " between */
+    /* ", " "name" ";q=" N ";w=" N, and ";r=" N ";t=" N: the longest */
 
-    len = DIFY_GCRA_MAX_LIMITS * (DIFY_GCRA_MAX_NAME + 8 + 2 * NGX_INT64_LEN);
+    len = DIFY_GCRA_MAX_LIMITS
+          * (2 + DIFY_GCRA_MAX_NAME + 2 + 6 + 2 * NGX_INT64_LEN) + 1;
 
     policy = ngx_pnalloc(r->pool, 2 * len);
     if (policy == NULL) {
