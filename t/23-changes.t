@@ -45,6 +45,11 @@ my $SERVER = q{
             dify_status_limit name=small rate=2r/h;
             proxy_pass http://upstream;
         }
+        location /r/v1/ {
+            dify_status on;
+            dify_status_limit rate=100r/h;
+            proxy_pass http://upstream;
+        }
         location /d/v1/ {
             dify_status on;
             dify_status_limit rate=2r/h cost=documents;
@@ -192,6 +197,14 @@ subtest 'through the admin tool: in force when it returns' => sub {
     is join(' ', map { $_->{status} } @r), '200 200 429',
         'reset: a full bucket (2) at once, across the nodes';
 
+    # remove: an override of 1 r/h, limited; back to the default 100 r/h
+    $k = fresh_key('remove');
+    $t->redis('HSET', limit_key($k), 'rate', '1r/h');
+    patch($t, $k, prefix => '/r/v1', port => $PORTS[0]);
+    cached_everywhere($k, 429, prefix => '/r/v1');
+    tool($k, 'remove', '-');
+    all_are($k, 200, 'override removed', prefix => '/r/v1');
+
     # can never pass: 3 documents, burst 2
     $k = fresh_key('never');
     is patch($t, $k, prefix => '/d/v1', @THREE)->{status}, 429, 'never passes';
@@ -238,6 +251,14 @@ subtest 'through redis-cli: in force a second later' => sub {
     $t->redis_cli('HSET', limit_key($k), 'burst', '100');
     Time::HiRes::sleep(1.1);
     all_are($k, 200, 'can never pass, HSET burst', prefix => '/d/v1', @THREE);
+
+    $k = fresh_key('cli-remove');
+    $t->redis('HSET', limit_key($k), 'rate', '1r/h');
+    patch($t, $k, prefix => '/r/v1', port => $PORTS[1]);
+    cached_everywhere($k, 429, prefix => '/r/v1');
+    $t->redis_cli('DEL', limit_key($k));
+    Time::HiRes::sleep(1.1);
+    all_are($k, 200, 'DEL the override', prefix => '/r/v1');
 
     $k = limited_key('cli-named', prefix => '/n/v1');
     $t->redis_cli('HSET', limit_key($k), 'small.burst', '50');
