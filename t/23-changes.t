@@ -3,8 +3,8 @@
 # Changes apply at once (issue 12, items 4-6), on two nginx instances of
 # two workers each, sharing one Redis: for a key that both nodes have
 # cached as limited, and one they have cached as "can never pass", every
-# change through tools/dify-status-limit (set, block, unblock, reset,
-# --limit NAME) is in force for the key's next request on every node and
+# change through tools/dify-status-limit (set, block, unblock, remove,
+# reset, --limit NAME) is in force for the key's next request on every node and
 # every worker once the tool returns; the same changes written with
 # plain redis-cli are in force a second later.  While nothing changes,
 # the cached rejections cost Redis no script call.  A change of rate
