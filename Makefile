@@ -25,7 +25,8 @@ PURE_SRCS := $(wildcard $(SRCDIR)/dify_*.c)
 
 DEB_PKGS  := nginx nginx-dev libhiredis-dev libjansson-dev libssl-dev \
              redis-server libcmocka-dev gcc make perl curl wrk valgrind \
-             clang libclang-rt-14-dev procps iproute2 dnsmasq-base
+             clang libclang-rt-14-dev procps iproute2 dnsmasq-base \
+             libfaketime
 
 CC_OPT    := -g -O2 -fstack-protector-strong -Wformat \
              -Werror=format-security -fPIC -D_FORTIFY_SOURCE=2 \

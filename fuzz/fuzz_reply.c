@@ -135,7 +135,7 @@ dify_fuzz_reply(const uint8_t *data, size_t size)
     const char          *err;
     redisReader         *reader;
     dify_reply_rc_e      rc;
-    dify_gcra_result_t   res;
+    dify_gcra_result_t   res, res2[2];
 
     sum = 0;
     reader = redisReaderCreate();
@@ -178,6 +178,17 @@ dify_fuzz_reply(const uint8_t *data, size_t size)
             }
         }
 
+        /* the same reply as the answer for two limits of one key */
+
+        if (dify_gcra_parse_replies(reply, res2, 2, &err, &err_len)
+            == DIFY_REPLY_OK)
+        {
+            dify_fuzz_result(&res2[0]);
+            dify_fuzz_result(&res2[1]);
+            dify_fuzz_assert((res2[0].verdict == DIFY_GCRA_BLOCKED)
+                             == (res2[1].verdict == DIFY_GCRA_BLOCKED));
+        }
+
         freeReplyObject(reply);
     }
 
@@ -199,13 +210,15 @@ dify_fuzz_rate(const uint8_t *data, size_t size)
     }
 
     dify_fuzz_assert(rate >= 1 && rate <= 1000000);
-    dify_fuzz_assert(period == 1 || period == 60 || period == 3600);
+    dify_fuzz_assert(period == 1 || period == 60 || period == 3600
+                     || period == 86400);
 
     /* the canonical form parses back to the same limit */
 
     n = (size_t) snprintf(buf, sizeof(buf), "%llu r/%c",
                           (unsigned long long) rate,
-                          period == 1 ? 's' : period == 60 ? 'm' : 'h');
+                          period == 1 ? 's' : period == 60 ? 'm'
+                          : period == 3600 ? 'h' : 'd');
 
     dify_fuzz_assert(dify_gcra_parse_rate((const unsigned char *) buf, n,
                                           &r2, &p2) == 0);

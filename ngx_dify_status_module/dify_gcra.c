@@ -15,10 +15,25 @@
  * the shadow of a key's state.  t/unit/test_gcra_redis.c runs both on
  * the same sequences and compares every field.
  *
- * Lua numbers are doubles: every value the script computes is an
- * integer below 2^53 (now ~ 1.7e15 us, tol <= 1e6 * 3.6e9 = 3.6e15),
- * so sums, differences and products are exact, and floor(a / b) of
- * such integers is exact too.  This is why rate and burst are capped.
+ * Lua numbers are doubles, exact for integers up to 2^53 (9.007e15).
+ * Every value the script computes is an integer below 2^53, so sums,
+ * differences and products are exact, and so is floor(a / b) or
+ * ceil(a / b) of two such integers (when a / b is not an integer it is
+ * at least 1 / b away from one, more than the rounding error of the
+ * division, a / b * 2^-53 < 1 / b).  The bounds:
+ *
+ *   now        ~ 1.8e15 us (2027), 5.4e15 us in the year 2141;
+ *   T          <= period * 1e6 / 1 = 8.64e10 us (1 r/d);
+ *   tol        = burst * T <= DIFY_GCRA_MAX_TOL = 3.6e15: the burst is
+ *                capped so (at 1 r/d, 41666), as it was by 1e6 * 3.6e9
+ *                when the longest period was the hour;
+ *   d, retry   <= tol; need = d + c * T <= 2 * tol = 7.2e15, since a
+ *                cost c is weighed only when c <= burst;
+ *   now + d    <= now + tol < 9.0e15 until 2141 (the TAT written);
+ *   units      q = ceil(d / T_old) <= burst after the cap, q * T <= tol;
+ *   refund     tat - c * T_state, both terms below 2^53.
+ *
+ * The C code computes in uint64_t, where none of these overflow.
  */
 
 
@@ -31,14 +46,14 @@
 
 #define DIFY_GCRA_USEC         1000000
 
-#define DIFY_GCRA_POLICY       "\"default\""
+#define DIFY_GCRA_DEFAULT      "default"
 
 #define DIFY_GCRA_STR(x)       DIFY_GCRA_STR_(x)
 #define DIFY_GCRA_STR_(x)      #x
 
 
-static void dify_gcra_normalize(const dify_gcra_limit_t *limit,
-    dify_gcra_limit_t *lim);
+static dify_reply_rc_e dify_gcra_parse_one(redisReply **el,
+    dify_gcra_result_t *res, const char **e);
 static uint64_t dify_gcra_ceil_sec(uint64_t us);
 
 
@@ -50,28 +65,39 @@ static uint64_t dify_gcra_ceil_sec(uint64_t us);
  * An override rate brings its own burst, its number of units, as the
  * rate= of dify_status_limit does, unless the override sets burst too.
  *
- * A stored TAT that is not a number, is negative or NaN counts as
- * absent; one beyond now + tol counts as now + tol.  The state is
- * written only when the request is allowed and the key then owes
- * something, and expires when its bucket is full again: PXAT, the TAT
+ * A state is "TAT.IIIIIIIIIII": the TAT, a point, and the interval in
+ * 11 digits (86400000000 at most), so that a node of the version before
+ * r/d, whose script reads the state with tonumber() and floors what it
+ * owes, still reads the TAT (the fraction is below 1) during a rolling
+ * upgrade.  A state without the point is that version's bare TAT, its
+ * interval unknown: taken as the one in force.  A TAT that
+ * is not a number, is negative or NaN counts as absent; one beyond
+ * now + tol counts as now + tol.  Under another interval than the
+ * state's, the key owes ceil(d / T_state) units (at most burst), at T
+ * each: what it spent survives a change of rate.  The states are
+ * written only when every limit admits the request, each with what it
+ * then owes, and expire when their bucket is full again: PXAT, the TAT
  * rounded up to Redis's millisecond (Redis >= 6.2).  Not PX: Redis
  * adds PX to its own clock truncated to the millisecond, so the key
  * could vanish up to 1 ms before the TAT and forgive what it owed.
  *
- * Reply: verdict, rate, period, burst, remaining, reset, retry.
+ * Reply, per limit: verdict, rate, period, burst, remaining, reset,
+ * retry.
  *   blocked (-1): remaining, reset and retry are 0, state not read;
  *   never (-2):   cost > burst; remaining and reset from the state,
- *                 retry 0, state untouched;
- *   limited (0):  retry = d + c * T - tol > 0, state untouched;
+ *                 retry 0;
+ *   limited (0):  retry = d + c * T - tol > 0;
  *   allowed (1):  retry 0.
  * remaining = floor((tol - d') / T), reset = d', where d' is what the
- * key owes after the decision.
+ * key owes after the decision: charged only when all are allowed.
  */
 
 const char  dify_gcra_script[] =
     "local max_rate = " DIFY_GCRA_STR(DIFY_GCRA_MAX_RATE) "\n"
     "local max_burst = " DIFY_GCRA_STR(DIFY_GCRA_MAX_BURST) "\n"
     "local max_period = " DIFY_GCRA_STR(DIFY_GCRA_MAX_PERIOD) "\n"
+    "local max_tol = 3600000000000000\n"
+    "local periods = {s = 1, m = 60, h = 3600, d = 86400}\n"
     "local function int(s)\n"
     "    if type(s) ~= 'string' or not string.find(s, '^%d+$') then\n"
     "        return nil\n"
@@ -83,60 +109,150 @@ const char  dify_gcra_script[] =
     "    if v > hi then return hi end\n"
     "    return v\n"
     "end\n"
-    "local rate, period = int(ARGV[1]), int(ARGV[2])\n"
-    "local burst, cost = int(ARGV[3]), int(ARGV[4])\n"
-    "if not (rate and period and burst and cost) then\n"
+    "local function clock()\n"
+    "    local now = redis.call('TIME')\n"
+    "    return tonumber(now[1]) * 1000000 + tonumber(now[2])\n"
+    "end\n"
+    "local function state(key)\n"
+    "    local s = redis.call('GET', key)\n"
+    "    if type(s) ~= 'string' then return nil, nil end\n"
+    "    local a, b = string.match(s, '^(%d+)%.(' .. string.rep('%d', 11)\n"
+    "                                  .. ')$')\n"
+    "    if a then\n"
+    "        b = tonumber(b)\n"
+    "        if b < 1 then b = nil end\n"
+    "        return tonumber(a), b\n"
+    "    end\n"
+    "    return tonumber(s), nil\n"
+    "end\n"
+    "local function store(key, tat, t)\n"
+    "    redis.call('SET', key, string.format('%.0f.%011.0f', tat, t),\n"
+    "               'PXAT', math.ceil(tat / 1000))\n"
+    "end\n"
+    "local n = #KEYS - 1\n"
+    "local args = {}\n"
+    "for w in string.gmatch(ARGV[2] or '', '[^ ]+') do\n"
+    "    args[#args + 1] = w\n"
+    "end\n"
+    "if table.concat(args, ' ') ~= (ARGV[2] or '') then\n"
     "    return redis.error_reply('ERR dify_gcra: bad arguments')\n"
     "end\n"
-    "rate = clamp(rate, 1, max_rate)\n"
-    "period = clamp(period, 1, max_period)\n"
-    "burst = clamp(burst, 1, max_burst)\n"
-    "local o = redis.call('HMGET', KEYS[2], 'rate', 'burst', 'blocked')\n"
-    "if type(o[1]) == 'string' then\n"
-    "    local n, u = string.match(o[1], '^(%d+) *r?/([smh])$')\n"
-    "    if n then\n"
-    "        n = tonumber(n)\n"
-    "        if n >= 1 and n <= max_rate then\n"
-    "            rate = n\n"
-    "            period = ({s = 1, m = 60, h = 3600})[u]\n"
-    "            burst = n\n"
+    "if ARGV[1] == 'r' then\n"
+    "    if n < 1 or #args ~= 2 * n then\n"
+    "        return redis.error_reply('ERR dify_gcra: bad arguments')\n"
+    "    end\n"
+    "    local now = clock()\n"
+    "    local done = 0\n"
+    "    for i = 1, n do\n"
+    "        local c, t = int(args[2 * i - 1]), int(args[2 * i])\n"
+    "        local tat, ts = state(KEYS[i + 1])\n"
+    "        if c and t and t >= 1 and tat and tat > now and tat < 2^53 then\n"
+    "            t = ts or t\n"
+    "            local new = tat - math.min(c, max_burst) * t\n"
+    "            if new > now then\n"
+    "                store(KEYS[i + 1], new, t)\n"
+    "            else\n"
+    "                redis.call('DEL', KEYS[i + 1])\n"
+    "            end\n"
+    "            done = done + 1\n"
     "        end\n"
     "    end\n"
+    "    return done\n"
     "end\n"
-    "local b = int(o[2])\n"
-    "if b and b >= 1 and b <= max_burst then\n"
-    "    burst = b\n"
+    "if ARGV[1] ~= 'c' or n < 1 or #args ~= 5 * n then\n"
+    "    return redis.error_reply('ERR dify_gcra: bad arguments')\n"
     "end\n"
-    "if o[3] == '1' then\n"
-    "    return {-1, rate, period, burst, 0, 0, 0}\n"
+    "local lims, fields = {}, {'blocked'}\n"
+    "for i = 1, n do\n"
+    "    local name = args[5 * i - 4]\n"
+    "    local rate, period = int(args[5 * i - 3]), int(args[5 * i - 2])\n"
+    "    local burst, cost = int(args[5 * i - 1]), int(args[5 * i])\n"
+    "    if not (rate and period and burst and cost)\n"
+    "       or not string.find(name, '^[%w_%-]+$')\n"
+    "    then\n"
+    "        return redis.error_reply('ERR dify_gcra: bad arguments')\n"
+    "    end\n"
+    "    local pre = name .. '.'\n"
+    "    if name == 'default' then pre = '' end\n"
+    "    fields[2 * i] = pre .. 'rate'\n"
+    "    fields[2 * i + 1] = pre .. 'burst'\n"
+    "    lims[i] = {clamp(rate, 1, max_rate), clamp(period, 1, max_period),\n"
+    "               clamp(burst, 1, max_burst), cost}\n"
     "end\n"
-    "local t = math.floor(period * 1000000 / rate)\n"
-    "if t < 1 then t = 1 end\n"
-    "local tol = burst * t\n"
-    "local now = redis.call('TIME')\n"
-    "now = tonumber(now[1]) * 1000000 + tonumber(now[2])\n"
-    "local tat = tonumber(redis.call('GET', KEYS[1]) or '')\n"
-    "local d = 0\n"
-    "if tat and tat > now then\n"
-    "    d = math.floor(math.min(tat - now, tol))\n"
-    "end\n"
-    "local v, retry = 1, 0\n"
-    "if cost > burst then\n"
-    "    v = -2\n"
-    "else\n"
-    "    local need = d + cost * t\n"
-    "    if need <= tol then\n"
-    "        d = need\n"
-    "        if d > 0 then\n"
-    "            redis.call('SET', KEYS[1], string.format('%.0f', now + d),\n"
-    "                       'PXAT', math.ceil((now + d) / 1000))\n"
+    "local o = redis.call('HMGET', KEYS[1], unpack(fields))\n"
+    "local blocked = o[1] == '1'\n"
+    "local now, all, res = nil, true, {}\n"
+    "for i = 1, n do\n"
+    "    local rate, period, burst, cost = unpack(lims[i])\n"
+    "    if type(o[2 * i]) == 'string' then\n"
+    "        local m, u = string.match(o[2 * i], '^(%d+) *r?/([smhd])$')\n"
+    "        if m then\n"
+    "            m = tonumber(m)\n"
+    "            if m >= 1 and m <= max_rate then\n"
+    "                rate = m\n"
+    "                period = periods[u]\n"
+    "                burst = m\n"
+    "            end\n"
     "        end\n"
+    "    end\n"
+    "    local b = int(o[2 * i + 1])\n"
+    "    if b and b >= 1 and b <= max_burst then\n"
+    "        burst = b\n"
+    "    end\n"
+    "    local t = math.floor(period * 1000000 / rate)\n"
+    "    if t < 1 then t = 1 end\n"
+    "    burst = math.min(burst, math.floor(max_tol / t))\n"
+    "    local tol = burst * t\n"
+    "    local d, v, retry = 0, -1, 0\n"
+    "    if not blocked then\n"
+    "        now = now or clock()\n"
+    "        local tat, ts = state(KEYS[i + 1])\n"
+    "        if tat and tat > now then\n"
+    "            if ts and ts ~= t then\n"
+    "                d = math.min(math.ceil((tat - now) / ts), burst) * t\n"
+    "            else\n"
+    "                d = math.floor(math.min(tat - now, tol))\n"
+    "            end\n"
+    "        end\n"
+    "        v = 1\n"
+    "        if cost > burst then\n"
+    "            v = -2\n"
+    "            all = false\n"
+    "        elseif d + cost * t > tol then\n"
+    "            v = 0\n"
+    "            retry = d + cost * t - tol\n"
+    "            all = false\n"
+    "        end\n"
+    "    end\n"
+    "    res[i] = {v, rate, period, burst, d, retry, t, tol, cost}\n"
+    "end\n"
+    "local out = {}\n"
+    "for i = 1, n do\n"
+    "    local v, rate, period, burst, d, retry, t, tol, cost =\n"
+    "        unpack(res[i])\n"
+    "    if blocked then\n"
+    "        out[#out + 1] = -1\n"
+    "        out[#out + 1] = rate\n"
+    "        out[#out + 1] = period\n"
+    "        out[#out + 1] = burst\n"
+    "        out[#out + 1] = 0\n"
+    "        out[#out + 1] = 0\n"
+    "        out[#out + 1] = 0\n"
     "    else\n"
-    "        v = 0\n"
-    "        retry = need - tol\n"
+    "        if all then\n"
+    "            d = d + cost * t\n"
+    "            if d > 0 then store(KEYS[i + 1], now + d, t) end\n"
+    "        end\n"
+    "        out[#out + 1] = v\n"
+    "        out[#out + 1] = rate\n"
+    "        out[#out + 1] = period\n"
+    "        out[#out + 1] = burst\n"
+    "        out[#out + 1] = math.floor((tol - d) / t)\n"
+    "        out[#out + 1] = d\n"
+    "        out[#out + 1] = retry\n"
     "    end\n"
     "end\n"
-    "return {v, rate, period, burst, math.floor((tol - d) / t), d, retry}\n";
+    "return out\n";
 
 
 uint64_t
@@ -144,6 +260,8 @@ dify_gcra_interval(const dify_gcra_limit_t *limit)
 {
     uint64_t           t;
     dify_gcra_limit_t  lim;
+
+    /* the burst does not weigh in the interval */
 
     dify_gcra_normalize(limit, &lim);
 
@@ -153,50 +271,184 @@ dify_gcra_interval(const dify_gcra_limit_t *limit)
 }
 
 
+uint64_t
+dify_gcra_owed(const dify_gcra_state_t *st, int64_t now,
+    const dify_gcra_limit_t *limit)
+{
+    uint64_t           t, tol, d, q;
+    dify_gcra_limit_t  lim;
+
+    dify_gcra_normalize(limit, &lim);
+
+    t = dify_gcra_interval(&lim);
+    tol = lim.burst * t;
+
+    if (st->tat <= now) {
+        return 0;
+    }
+
+    /* the difference of two int64_t, computed without overflow */
+
+    d = (uint64_t) st->tat - (uint64_t) now;
+
+    if (st->interval != 0 && st->interval != t) {
+        /* in units, the unit being refilled counted whole */
+
+        q = d / st->interval + (d % st->interval != 0);
+
+        return (q < lim.burst ? q : lim.burst) * t;
+    }
+
+    return d < tol ? d : tol;
+}
+
+
 void
 dify_gcra_decide(int64_t *tat, int64_t now, const dify_gcra_limit_t *limit,
     uint64_t cost, dify_gcra_result_t *res)
 {
-    uint64_t  t, tol, d, need;
+    dify_gcra_state_t  st;
 
-    dify_gcra_normalize(limit, &res->limit);
+    st.tat = *tat;
+    st.interval = 0;
 
-    t = dify_gcra_interval(&res->limit);
-    tol = res->limit.burst * t;
+    if (dify_gcra_decide_all(&st, now, limit, &cost, 1, 0, res)) {
+        *tat = st.tat;
+    }
+}
 
-    /* the difference of two int64_t, computed without overflow */
 
-    d = 0;
+int
+dify_gcra_decide_all(dify_gcra_state_t *st, int64_t now,
+    const dify_gcra_limit_t *limits, const uint64_t *costs, size_t n,
+    int blocked, dify_gcra_result_t *res)
+{
+    int       all;
+    size_t    i;
+    uint64_t  t, tol, d;
 
-    if (*tat > now) {
-        d = (uint64_t) *tat - (uint64_t) now;
+    all = 1;
 
-        if (d > tol) {
-            d = tol;
+    for (i = 0; i < n; i++) {
+        dify_gcra_normalize(&limits[i], &res[i].limit);
+
+        res[i].remaining = 0;
+        res[i].reset = 0;
+        res[i].retry = 0;
+
+        if (blocked) {
+            res[i].verdict = DIFY_GCRA_BLOCKED;
+            continue;
+        }
+
+        t = dify_gcra_interval(&res[i].limit);
+        tol = res[i].limit.burst * t;
+        d = dify_gcra_owed(&st[i], now, &res[i].limit);
+
+        res[i].verdict = DIFY_GCRA_ALLOWED;
+
+        if (costs[i] > res[i].limit.burst) {
+            res[i].verdict = DIFY_GCRA_NEVER;
+            all = 0;
+
+        } else if (d + costs[i] * t > tol) {    /* cost * t <= tol */
+            res[i].verdict = DIFY_GCRA_LIMITED;
+            res[i].retry = d + costs[i] * t - tol;
+            all = 0;
+        }
+
+        res[i].reset = d;
+    }
+
+    if (blocked) {
+        return 0;
+    }
+
+    for (i = 0; i < n; i++) {
+        t = dify_gcra_interval(&res[i].limit);
+        tol = res[i].limit.burst * t;
+        d = res[i].reset;
+
+        if (all) {
+            /* the script writes no state when d is 0: the same */
+
+            d += costs[i] * t;
+            st[i].tat = (int64_t) ((uint64_t) now + d);
+            st[i].interval = t;
+        }
+
+        res[i].reset = d;
+        res[i].remaining = (tol - d) / t;
+    }
+
+    return all;
+}
+
+
+int
+dify_gcra_refund(dify_gcra_state_t *st, int64_t now, uint64_t cost,
+    uint64_t interval)
+{
+    uint64_t  t, d, back;
+
+    if (st->tat <= now) {
+        return 1;
+    }
+
+    t = st->interval ? st->interval : interval;
+
+    if (cost > DIFY_GCRA_MAX_BURST) {
+        cost = DIFY_GCRA_MAX_BURST;
+    }
+
+    d = (uint64_t) st->tat - (uint64_t) now;
+    back = cost * t;
+
+    if (back >= d) {
+        st->tat = now;
+        return 1;
+    }
+
+    st->tat -= (int64_t) back;
+    st->interval = t;
+
+    return 0;
+}
+
+
+int
+dify_gcra_charged(const dify_gcra_result_t *res, size_t n)
+{
+    size_t  i;
+
+    for (i = 0; i < n; i++) {
+        if (res[i].verdict != DIFY_GCRA_ALLOWED) {
+            return 0;
         }
     }
 
-    res->retry = 0;
+    return n > 0;
+}
 
-    if (cost > res->limit.burst) {
-        res->verdict = DIFY_GCRA_NEVER;
 
-    } else {
-        need = d + cost * t;                /* cost <= 1e6, t <= 3.6e9 */
+int
+dify_gcra_valid_name(const unsigned char *p, size_t len)
+{
+    size_t  i;
 
-        if (need <= tol) {
-            res->verdict = DIFY_GCRA_ALLOWED;
-            d = need;
-            *tat = (int64_t) ((uint64_t) now + d);
+    if (len == 0 || len > DIFY_GCRA_MAX_NAME) {
+        return -1;
+    }
 
-        } else {
-            res->verdict = DIFY_GCRA_LIMITED;
-            res->retry = need - tol;
+    for (i = 0; i < len; i++) {
+        if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z')
+              || (p[i] >= '0' && p[i] <= '9') || p[i] == '_' || p[i] == '-'))
+        {
+            return -1;
         }
     }
 
-    res->remaining = (tol - d) / t;
-    res->reset = d;
+    return 0;
 }
 
 
@@ -204,13 +456,17 @@ dify_reply_rc_e
 dify_gcra_parse_reply(const redisReply *reply, dify_gcra_result_t *res,
     const char **err, size_t *err_len)
 {
-    size_t              i;
-    uint64_t            t, c, tol;
-    long long           v[7];
-    const char         *e;
-    dify_reply_rc_e     rc;
-    const redisReply   *el;
-    dify_gcra_limit_t   lim;
+    return dify_gcra_parse_replies(reply, res, 1, err, err_len);
+}
+
+
+dify_reply_rc_e
+dify_gcra_parse_replies(const redisReply *reply, dify_gcra_result_t *res,
+    size_t n, const char **err, size_t *err_len)
+{
+    size_t            i, blocked;
+    const char       *e;
+    dify_reply_rc_e   rc;
 
     if (reply == NULL) {
         e = "no reply";
@@ -248,84 +504,34 @@ dify_gcra_parse_reply(const redisReply *reply, dify_gcra_result_t *res,
         goto failed;
     }
 
-    if (reply->elements != 7 || reply->element == NULL) {
-        e = "reply is not an array of 7 elements";
+    if (n == 0 || n > DIFY_GCRA_MAX_LIMITS
+        || reply->elements != 7 * n || reply->element == NULL)
+    {
+        e = (n == 1) ? "reply is not an array of 7 elements"
+                     : "reply is not an array of 7 elements per limit";
         goto failed;
     }
 
-    for (i = 0; i < 7; i++) {
-        el = reply->element[i];
+    blocked = 0;
 
-        if (el == NULL || el->type != REDIS_REPLY_INTEGER) {
-            e = "reply element is not an integer";
+    for (i = 0; i < n; i++) {
+        if (dify_gcra_parse_one(reply->element + 7 * i, &res[i], &e)
+            != DIFY_REPLY_OK)
+        {
             goto failed;
         }
 
-        v[i] = el->integer;
+        blocked += (res[i].verdict == DIFY_GCRA_BLOCKED);
     }
 
-    if (v[0] < DIFY_GCRA_NEVER || v[0] > DIFY_GCRA_ALLOWED) {
-        e = "reply has an unknown verdict";
+    /* "blocked" is the key's, for every limit */
+
+    if (blocked != 0 && blocked != n) {
+        e = "reply has a key blocked for some limits only";
         goto failed;
     }
 
-    if (v[1] < 1 || v[1] > DIFY_GCRA_MAX_RATE
-        || v[2] < 1 || v[2] > DIFY_GCRA_MAX_PERIOD
-        || v[3] < 1 || v[3] > DIFY_GCRA_MAX_BURST)
-    {
-        e = "reply has a limit out of range";
-        goto failed;
-    }
-
-    lim.rate = (uint64_t) v[1];
-    lim.period = (uint64_t) v[2];
-    lim.burst = (uint64_t) v[3];
-
-    t = dify_gcra_interval(&lim);
-    tol = lim.burst * t;
-
-    if (v[4] < 0 || (uint64_t) v[4] > lim.burst
-        || v[5] < 0 || (uint64_t) v[5] > tol
-        || v[6] < 0 || (uint64_t) v[6] > tol)
-    {
-        e = "reply has a state out of range";
-        goto failed;
-    }
-
-    /* the relations the script's arithmetic guarantees */
-
-    if (v[0] == DIFY_GCRA_BLOCKED) {
-        if (v[4] != 0 || v[5] != 0 || v[6] != 0) {
-            e = "reply of a blocked key has a state";
-            goto failed;
-        }
-
-    } else if ((uint64_t) v[4] != (tol - (uint64_t) v[5]) / t
-               || (v[0] == DIFY_GCRA_LIMITED) != (v[6] != 0))
-    {
-        e = "reply has an inconsistent state";
-        goto failed;
-
-    } else if (v[0] == DIFY_GCRA_LIMITED) {
-
-        /*
-         * retry = reset + c * T - tol for a cost c that did not fit,
-         * remaining < c <= burst; so never before the header's "t"
-         */
-
-        c = (uint64_t) v[6] + (tol - (uint64_t) v[5]);
-
-        if (c % t != 0 || c / t <= (uint64_t) v[4] || c / t > lim.burst) {
-            e = "reply has an inconsistent retry";
-            goto failed;
-        }
-    }
-
-    res->verdict = (dify_gcra_verdict_e) v[0];
-    res->limit = lim;
-    res->remaining = (uint64_t) v[4];
-    res->reset = (uint64_t) v[5];
-    res->retry = (uint64_t) v[6];
+    /* charged, all allowed; not charged: the allowed ones owe what they did */
 
     return DIFY_REPLY_OK;
 
@@ -343,6 +549,99 @@ failed:
 }
 
 
+static dify_reply_rc_e
+dify_gcra_parse_one(redisReply **element, dify_gcra_result_t *res,
+    const char **e)
+{
+    size_t              i;
+    uint64_t            t, c, tol;
+    long long           v[7];
+    const redisReply   *el;
+    dify_gcra_limit_t   lim;
+
+    for (i = 0; i < 7; i++) {
+        el = element[i];
+
+        if (el == NULL || el->type != REDIS_REPLY_INTEGER) {
+            *e = "reply element is not an integer";
+            return DIFY_REPLY_ERROR;
+        }
+
+        v[i] = el->integer;
+    }
+
+    if (v[0] < DIFY_GCRA_NEVER || v[0] > DIFY_GCRA_ALLOWED) {
+        *e = "reply has an unknown verdict";
+        return DIFY_REPLY_ERROR;
+    }
+
+    if (v[1] < 1 || v[1] > DIFY_GCRA_MAX_RATE
+        || v[2] < 1 || v[2] > DIFY_GCRA_MAX_PERIOD
+        || v[3] < 1 || v[3] > DIFY_GCRA_MAX_BURST)
+    {
+        *e = "reply has a limit out of range";
+        return DIFY_REPLY_ERROR;
+    }
+
+    lim.rate = (uint64_t) v[1];
+    lim.period = (uint64_t) v[2];
+    lim.burst = (uint64_t) v[3];
+
+    t = dify_gcra_interval(&lim);
+    tol = lim.burst * t;
+
+    if (tol > DIFY_GCRA_MAX_TOL) {
+        *e = "reply has a limit out of range";
+        return DIFY_REPLY_ERROR;
+    }
+
+    if (v[4] < 0 || (uint64_t) v[4] > lim.burst
+        || v[5] < 0 || (uint64_t) v[5] > tol
+        || v[6] < 0 || (uint64_t) v[6] > tol)
+    {
+        *e = "reply has a state out of range";
+        return DIFY_REPLY_ERROR;
+    }
+
+    /* the relations the script's arithmetic guarantees */
+
+    if (v[0] == DIFY_GCRA_BLOCKED) {
+        if (v[4] != 0 || v[5] != 0 || v[6] != 0) {
+            *e = "reply of a blocked key has a state";
+            return DIFY_REPLY_ERROR;
+        }
+
+    } else if ((uint64_t) v[4] != (tol - (uint64_t) v[5]) / t
+               || (v[0] == DIFY_GCRA_LIMITED) != (v[6] != 0))
+    {
+        *e = "reply has an inconsistent state";
+        return DIFY_REPLY_ERROR;
+
+    } else if (v[0] == DIFY_GCRA_LIMITED) {
+
+        /*
+         * retry = reset + c * T - tol for a cost c that did not fit,
+         * remaining < c <= burst; so never before the header's "t"
+         */
+
+        c = (uint64_t) v[6] + (tol - (uint64_t) v[5]);
+
+        if (c % t != 0 || c / t <= (uint64_t) v[4] || c / t > lim.burst) {
+            *e = "reply has an inconsistent retry";
+            return DIFY_REPLY_ERROR;
+        }
+    }
+
+    res->verdict = (dify_gcra_verdict_e) v[0];
+    res->limit = lim;
+    res->remaining = (uint64_t) v[4];
+    res->reset = (uint64_t) v[5];
+    res->retry = (uint64_t) v[6];
+
+    return DIFY_REPLY_OK;
+}
+
+
 int
 dify_gcra_parse_rate(const unsigned char *p, size_t len, uint64_t *rate,
     uint64_t *period)
@@ -350,7 +649,7 @@ dify_gcra_parse_rate(const unsigned char *p, size_t len, uint64_t *rate,
     uint64_t              n;
     const unsigned char  *last;
 
-    /* the script's pattern: ^(%d+) *r?/([smh])$ */
+    /* the script's pattern: ^(%d+) *r?/([smhd])$ */
 
     if (p == NULL || len == 0 || *p < '0' || *p > '9') {
         return -1;
@@ -400,6 +699,10 @@ dify_gcra_parse_rate(const unsigned char *p, size_t len, uint64_t *rate,
         *period = 3600;
         break;
 
+    case 'd':
+        *period = 86400;
+        break;
+
     default:
         return -1;
     }
@@ -411,9 +714,10 @@ dify_gcra_parse_rate(const unsigned char *p, size_t len, uint64_t *rate,
 
 
 /*
- * The fields of draft-ietf-httpapi-ratelimit-headers-11, for one policy
- * named by the String "default" (section 3: the policy Item "MUST be a
- * String"):
+ * The fields of draft-ietf-httpapi-ratelimit-headers-11, one member of
+ * each field's List per limit, named by the limit's name as a String
+ * (section 3: the policy Item "MUST be a String"); the limit "default"
+ * alone gives:
  *
  *   RateLimit-Policy: "default";q=<burst>;w=<seconds>
  *
@@ -443,11 +747,29 @@ size_t
 dify_gcra_policy_header(char *buf, size_t size,
     const dify_gcra_limit_t *limit)
 {
+    return dify_gcra_policy_item(buf, size, DIFY_GCRA_DEFAULT,
+                                 sizeof(DIFY_GCRA_DEFAULT) - 1, limit);
+}
+
+
+size_t
+dify_gcra_ratelimit_header(char *buf, size_t size,
+    const dify_gcra_result_t *res)
+{
+    return dify_gcra_ratelimit_item(buf, size, DIFY_GCRA_DEFAULT,
+                                    sizeof(DIFY_GCRA_DEFAULT) - 1, res);
+}
+
+
+size_t
+dify_gcra_policy_item(char *buf, size_t size, const char *name,
+    size_t name_len, const dify_gcra_limit_t *limit)
+{
     int                n;
     uint64_t           w;
     dify_gcra_limit_t  lim;
 
-    if (buf == NULL || size == 0) {
+    if (buf == NULL || size == 0 || name_len > DIFY_GCRA_MAX_NAME) {
         return 0;
     }
 
@@ -455,8 +777,8 @@ dify_gcra_policy_header(char *buf, size_t size,
 
     w = dify_gcra_ceil_sec(lim.burst * dify_gcra_interval(&lim));
 
-    n = snprintf(buf, size, DIFY_GCRA_POLICY ";q=%" PRIu64 ";w=%" PRIu64,
-                 lim.burst, w);
+    n = snprintf(buf, size, "\"%.*s\";q=%" PRIu64 ";w=%" PRIu64,
+                 (int) name_len, name, lim.burst, w);
 
     if (n < 0 || (size_t) n >= size) {
         return 0;
@@ -467,14 +789,14 @@ dify_gcra_policy_header(char *buf, size_t size,
 
 
 size_t
-dify_gcra_ratelimit_header(char *buf, size_t size,
-    const dify_gcra_result_t *res)
+dify_gcra_ratelimit_item(char *buf, size_t size, const char *name,
+    size_t name_len, const dify_gcra_result_t *res)
 {
     int                n;
     uint64_t           t, tol, r, d, next;
     dify_gcra_limit_t  lim;
 
-    if (buf == NULL || size == 0) {
+    if (buf == NULL || size == 0 || name_len > DIFY_GCRA_MAX_NAME) {
         return 0;
     }
 
@@ -491,8 +813,8 @@ dify_gcra_ratelimit_header(char *buf, size_t size,
     next = d + (r + 1) * t;
     next = next > tol ? dify_gcra_ceil_sec(next - tol) : 0;
 
-    n = snprintf(buf, size, DIFY_GCRA_POLICY ";r=%" PRIu64 ";t=%" PRIu64,
-                 r, next);
+    n = snprintf(buf, size, "\"%.*s\";r=%" PRIu64 ";t=%" PRIu64,
+                 (int) name_len, name, r, next);
 
     if (n < 0 || (size_t) n >= size) {
         return 0;
@@ -515,12 +837,15 @@ dify_gcra_retry_seconds(const dify_gcra_result_t *res)
 
 /*
  * Out of range values are clamped, the same way the script clamps its
- * ARGV: rate and burst to [1, 1000000], period to [1, 3600].
+ * ARGV: rate and burst to [1, 1000000], period to [1, 86400], then the
+ * burst to what fills within DIFY_GCRA_MAX_TOL.
  */
 
-static void
+void
 dify_gcra_normalize(const dify_gcra_limit_t *limit, dify_gcra_limit_t *lim)
 {
+    uint64_t  t;
+
     *lim = *limit;
 
     if (lim->rate < 1) {
@@ -542,6 +867,13 @@ dify_gcra_normalize(const dify_gcra_limit_t *limit, dify_gcra_limit_t *lim)
 
     } else if (lim->burst > DIFY_GCRA_MAX_BURST) {
         lim->burst = DIFY_GCRA_MAX_BURST;
+    }
+
+    t = lim->period * DIFY_GCRA_USEC / lim->rate;
+    t = t ? t : 1;
+
+    if (lim->burst > DIFY_GCRA_MAX_TOL / t) {
+        lim->burst = DIFY_GCRA_MAX_TOL / t;
     }
 }
 

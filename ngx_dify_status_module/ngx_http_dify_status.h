@@ -115,6 +115,17 @@ typedef enum {
 
 typedef struct ngx_http_dify_redis_s      ngx_http_dify_redis_t;
 typedef struct ngx_http_dify_redis_req_s  ngx_http_dify_redis_req_t;
+typedef struct ngx_http_dify_limiter_s    ngx_http_dify_limiter_t;
+
+
+/* one dify_status_limit */
+typedef struct {
+    ngx_str_t                  name;                /* "default" */
+    dify_gcra_limit_t          limit;
+    ngx_uint_t                 cost;                /* _COST_* */
+    ngx_http_complex_value_t  *key;                 /* NULL: the token */
+    u_char                    *key_hash;            /* a constant key's */
+} ngx_http_dify_limit_conf_t;
 
 
 typedef struct {
@@ -150,8 +161,7 @@ typedef struct {
     ngx_str_t                  token_prefix;        /* empty: off */
 
     ngx_flag_t                 limit_set;
-    dify_gcra_limit_t          limit;
-    ngx_uint_t                 cost;
+    ngx_array_t               *limits;      /* ngx_http_dify_limit_conf_t */
     ngx_uint_t                 limit_status;
     ngx_flag_t                 limit_headers;
     ngx_uint_t                 fallback;
@@ -176,10 +186,13 @@ typedef struct {
     u_char                     message[DIFY_BODY_MESSAGE_LEN];
     size_t                     message_len;
 
-    dify_gcra_result_t         gcra;                /* when has_gcra */
-    uint64_t                   cost;
-
-    ngx_http_dify_redis_req_t *cmd;                 /* a pending command */
+    /*
+     * when has_gcra: the limit that refused the request (the longest
+     * wait), or else the one with the least remaining
+     */
+    dify_gcra_result_t         gcra;
+    ngx_str_t                  limit_name;          /* the one that refused */
+    ngx_http_dify_limiter_t   *limiter;             /* the limits' state */
     ngx_event_t                wait;                /* posted: resume */
     ngx_http_request_t        *request;
 
@@ -275,6 +288,8 @@ ngx_int_t ngx_http_dify_limit_headers(ngx_http_request_t *r,
 /* adds Retry-After to a rejection that has one (limited, 503) */
 ngx_int_t ngx_http_dify_limit_retry_after(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx);
+/* cancels the limiter's pending Redis commands */
+void ngx_http_dify_limit_release(ngx_http_dify_ctx_t *ctx);
 
 
 /*

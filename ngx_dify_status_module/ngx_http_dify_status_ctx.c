@@ -82,10 +82,7 @@ ngx_http_dify_ctx_cleanup(void *data)
 void
 ngx_http_dify_ctx_release(ngx_http_dify_ctx_t *ctx)
 {
-    if (ctx->cmd != NULL) {
-        ngx_http_dify_redis_cancel(ctx->cmd);
-        ctx->cmd = NULL;
-    }
+    ngx_http_dify_limit_release(ctx);
 
     if (ctx->wait.timer_set) {
         ngx_del_timer(&ctx->wait);

@@ -2,16 +2,28 @@
 /*
  * Copyright (C) The ngx_dify_status_module authors
  *
- * The limiter (rows 8, 8b and 9 of the contract): one GCRA decision per
- * request, made atomically by a script in Redis and shared by the whole
- * fleet, with a shadow of each key's state in shared memory.
+ * The limiter (rows 8, 8b and 9 of the contract): the limits of a
+ * location (several dify_status_limit, each on its own key), decided by
+ * a script in Redis and shared by the whole fleet, with a shadow of each
+ * key's state in shared memory.
  *
- * The shadow serves two ends.  While Redis answers, it lets every
- * worker reject a key that is certainly limited without asking Redis:
- * the TAT only grows between replies (other nodes' requests can only
- * push it further), so a request the shadow refuses, Redis would refuse
- * too.  While Redis does not answer, "dify_status_redis_fallback local"
- * goes on enforcing the key's last known limit from the same state.
+ * The limits whose keys are equal for a request (the default, the Bearer
+ * token, for most) are one script call: decided atomically, all charged
+ * when all admit the request, none otherwise.  Limits on different keys
+ * are one call per key, sent at once (their keys may live in different
+ * Redis Cluster slots): when one of them refuses the request, or its
+ * fallback does, the calls that charged are given their units back by a
+ * second call ("r"), so that a refused request costs nothing anywhere.
+ *
+ * The shadow serves two ends.  While Redis answers, it lets every worker
+ * refuse a request that a limit certainly refuses without asking Redis,
+ * for at most NGX_HTTP_DIFY_CACHE_LIFE after the command whose reply it
+ * holds was made: a change of a key's override (or a reset, or a block)
+ * is seen by every node within that time, and the admin tool waits it
+ * out before it returns.  While Redis does not answer,
+ * "dify_status_redis_fallback local" goes on enforcing each limit's last
+ * known state.  Every time on the node is the monotonic clock
+ * (ngx_current_msec): a step of the wall clock changes nothing.
  */
 
 
@@ -22,17 +34,25 @@
 #include "ngx_http_dify_status.h"
 
 
-#define NGX_HTTP_DIFY_NODE_IDLE  60000          /* in ms, before expiry */
+#define NGX_HTTP_DIFY_NODE_IDLE   60000         /* in ms, before expiry */
+#define NGX_HTTP_DIFY_CACHE_LIFE  1000          /* in ms, of a verdict */
+
+#define NGX_HTTP_DIFY_BY_REDIS    0             /* how a group decided */
+#define NGX_HTTP_DIFY_BY_ALLOW    1
+#define NGX_HTTP_DIFY_BY_DENY     2
+#define NGX_HTTP_DIFY_BY_LOCAL    3
 
 
 /*
- * What a shadow is the shadow of: the state in Redis (the key under a
- * prefix) as one location's default limit sees it.  Locations with other
- * prefixes or defaults keep shadows of their own.  Zeroed before it is
- * filled, so that it compares with ngx_memcmp().
+ * What a shadow is the shadow of: the state of one limit of a key in
+ * Redis (under a prefix) as one location's default of that limit sees
+ * it.  Locations with other prefixes or defaults keep shadows of their
+ * own.  Zeroed before it is filled, so that it compares with
+ * ngx_memcmp().
  */
 typedef struct {
     u_char                     key[DIFY_KEY_HASH_LEN];
+    u_char                     name[DIFY_GCRA_MAX_NAME];
     uint32_t                   prefix;          /* crc32 of the prefix */
     uint32_t                   prefix_len;
     dify_gcra_limit_t          deflt;
@@ -44,8 +64,9 @@ typedef struct {
     u_char                     known;           /* limit seen in Redis */
     u_char                     dummy[2];
     ngx_msec_t                 last;            /* last use */
+    ngx_msec_t                 sent;            /* the reply's command */
     ngx_queue_t                queue;
-    int64_t                    tat;             /* in us, local clock */
+    int64_t                    tat;             /* in us, monotonic */
     dify_gcra_limit_t          limit;
     ngx_http_dify_node_key_t   key;
 } ngx_http_dify_node_t;
@@ -64,21 +85,67 @@ typedef struct {
 } ngx_http_dify_zone_t;
 
 
+/* one limit for one request */
+typedef struct {
+    ngx_http_dify_limit_conf_t  *conf;
+    u_char                       hash[DIFY_KEY_HASH_LEN];
+    uint64_t                     cost;
+    ngx_uint_t                   group;
+    dify_gcra_result_t           res;           /* when has_res */
+    unsigned                     has_res:1;
+} ngx_http_dify_limit_item_t;
+
+
+/* the limits of one key: one script call */
+typedef struct {
+    ngx_http_dify_limiter_t     *lm;
+    ngx_http_dify_redis_req_t   *cmd;           /* pending */
+    ngx_msec_t                   sent;
+    ngx_uint_t                   by;            /* NGX_HTTP_DIFY_BY_* */
+    ngx_uint_t                   n;
+    ngx_uint_t                   item[DIFY_GCRA_MAX_LIMITS];
+    unsigned                     done:1;
+    unsigned                     charged:1;     /* Redis charged it */
+    unsigned                     blocked:1;
+} ngx_http_dify_limit_group_t;
+
+
+struct ngx_http_dify_limiter_s {
+    ngx_http_dify_ctx_t         *ctx;
+    ngx_uint_t                   nitems;
+    ngx_uint_t                   ngroups;
+    ngx_uint_t                   pending;
+    ngx_http_dify_limit_item_t   items[DIFY_GCRA_MAX_LIMITS];
+    ngx_http_dify_limit_group_t  groups[DIFY_GCRA_MAX_LIMITS];
+};
+
+
+static ngx_int_t ngx_http_dify_limit_items(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm);
 static ngx_int_t ngx_http_dify_limit_send(ngx_http_request_t *r,
-    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
-    ngx_msec_t timeout);
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g,
+    ngx_uint_t refund);
 static void ngx_http_dify_limit_reply(redisReply *reply, void *data);
-static void ngx_http_dify_limit_decided(ngx_http_request_t *r,
-    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
-    ngx_uint_t fallback);
+static void ngx_http_dify_limit_refunded(redisReply *reply, void *data);
 static void ngx_http_dify_limit_fallback(ngx_http_request_t *r,
-    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx);
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g);
+static void ngx_http_dify_limit_decided(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm,
+    ngx_uint_t cached);
+static void ngx_http_dify_limit_reject(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm,
+    ngx_http_dify_limit_item_t *it);
+static void ngx_http_dify_limit_uncharge(ngx_http_dify_limit_item_t *it);
+static void ngx_http_dify_limit_commit(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm);
 static ngx_int_t ngx_http_dify_limit_cached(ngx_http_request_t *r,
-    ngx_http_dify_ctx_t *ctx, int64_t now);
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm,
+    int64_t now);
 static void ngx_http_dify_limit_shadow(ngx_http_request_t *r,
-    ngx_http_dify_ctx_t *ctx, int64_t now);
-static uint32_t ngx_http_dify_node_key(ngx_http_request_t *r,
-    ngx_http_dify_ctx_t *ctx, ngx_http_dify_node_key_t *nk);
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g,
+    int64_t now);
+static uint32_t ngx_http_dify_node_key(ngx_http_dify_loc_conf_t *dlcf,
+    ngx_http_dify_limit_item_t *it, ngx_http_dify_node_key_t *nk);
 static ngx_http_dify_node_t *ngx_http_dify_node_lookup(
     ngx_http_dify_zone_t *zone, ngx_http_dify_node_key_t *nk,
     uint32_t hash);
@@ -100,120 +167,275 @@ static ngx_http_dify_zone_t *ngx_http_dify_zone(ngx_http_request_t *r);
 ngx_int_t
 ngx_http_dify_limit_start(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
 {
-    int64_t                     now;
-    ngx_http_dify_loc_conf_t   *dlcf;
-    ngx_http_dify_main_conf_t  *mcf;
+    int64_t                       now;
+    ngx_uint_t                    i;
+    ngx_http_dify_limiter_t      *lm;
+    ngx_http_dify_loc_conf_t     *dlcf;
+    ngx_http_dify_limit_group_t  *g;
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
 
-    if (!dlcf->limit_set) {
+    if (!dlcf->limit_set || dlcf->limits == NULL) {
         ctx->outcome = NGX_HTTP_DIFY_OUTCOME_PASSED;
         return NGX_OK;
     }
 
-    ctx->cost = 1;
+    lm = ngx_pcalloc(r->pool, sizeof(ngx_http_dify_limiter_t));
+    if (lm == NULL) {
+        ctx->status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_OK;
+    }
 
-    if (dlcf->cost == NGX_HTTP_DIFY_COST_DOCUMENTS && ctx->documents > 1) {
-        ctx->cost = ctx->documents;
+    lm->ctx = ctx;
+    ctx->limiter = lm;
+
+    if (ngx_http_dify_limit_items(r, dlcf, lm) != NGX_OK) {
+        ctx->status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_OK;
+    }
+
+    if (lm->nitems == 0) {
+        /* every limit's key is empty: none applies */
+        ctx->outcome = NGX_HTTP_DIFY_OUTCOME_PASSED;
+        return NGX_OK;
     }
 
     now = ngx_http_dify_now();
 
-    if (ngx_http_dify_limit_cached(r, ctx, now) == NGX_OK) {
+    if (ngx_http_dify_limit_cached(r, dlcf, lm, now) == NGX_OK) {
         ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_LIMITED_CACHED);
-        ngx_http_dify_limit_decided(r, dlcf, ctx, 0);
+        ngx_http_dify_limit_decided(r, dlcf, lm, 1);
         return NGX_OK;
     }
 
-    mcf = ngx_http_get_module_main_conf(r, ngx_http_dify_status_module);
+    for (i = 0; i < lm->ngroups; i++) {
+        g = &lm->groups[i];
 
-    /* the Redis connection times the command from when it is written */
+        if (ngx_http_dify_limit_send(r, dlcf, g, 0) == NGX_OK) {
+            lm->pending++;
+            continue;
+        }
 
-    if (ngx_http_dify_limit_send(r, dlcf, ctx, mcf->redis->timeout)
-        != NGX_OK)
-    {
-        ngx_http_dify_limit_fallback(r, dlcf, ctx);
-        return NGX_OK;
+        ngx_http_dify_limit_fallback(r, dlcf, g);
     }
 
-    return NGX_AGAIN;
+    if (lm->pending) {
+        return NGX_AGAIN;
+    }
+
+    ngx_http_dify_limit_decided(r, dlcf, lm, 0);
+
+    return NGX_OK;
 }
 
 
 /*
- * The script with 2 {prefix}{hash}:tat {prefix}{hash}:limit rate period
- * burst cost.  The hash tag keeps a key's state and its override in one
- * Redis Cluster slot.
+ * The limits that apply to the request, each with its key's hash and
+ * its cost, grouped by key.
+ */
+
+static ngx_int_t
+ngx_http_dify_limit_items(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm)
+{
+    ngx_str_t                     val;
+    ngx_uint_t                    i, j;
+    ngx_http_dify_ctx_t          *ctx;
+    ngx_http_dify_limit_conf_t   *lc;
+    ngx_http_dify_limit_item_t   *it;
+    ngx_http_dify_limit_group_t  *g;
+
+    ctx = lm->ctx;
+    lc = dlcf->limits->elts;
+
+    for (i = 0; i < dlcf->limits->nelts && i < DIFY_GCRA_MAX_LIMITS; i++) {
+        it = &lm->items[lm->nitems];
+        it->conf = &lc[i];
+
+        if (lc[i].key_hash != NULL) {
+            ngx_memcpy(it->hash, lc[i].key_hash, DIFY_KEY_HASH_LEN);
+
+        } else if (lc[i].key == NULL) {
+            ngx_memcpy(it->hash, ctx->key_hash, DIFY_KEY_HASH_LEN);
+
+        } else {
+            if (ngx_http_complex_value(r, lc[i].key, &val) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            if (val.len == 0) {
+                /* an empty key: the limit does not apply, as limit_req */
+                continue;
+            }
+
+            /* the key goes no further than this hash */
+
+            if (dify_key_hash(val.data, val.len, (char *) it->hash) != 0) {
+                ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                              "dify_status: hashing a limit's key failed");
+                return NGX_ERROR;
+            }
+        }
+
+        it->cost = 1;
+
+        if (lc[i].cost == NGX_HTTP_DIFY_COST_DOCUMENTS
+            && ctx->documents > 1)
+        {
+            it->cost = ctx->documents;
+        }
+
+        for (j = 0; j < lm->ngroups; j++) {
+            g = &lm->groups[j];
+
+            if (ngx_memcmp(lm->items[g->item[0]].hash, it->hash,
+                           DIFY_KEY_HASH_LEN)
+                == 0)
+            {
+                break;
+            }
+        }
+
+        g = &lm->groups[j];
+
+        if (j == lm->ngroups) {
+            lm->ngroups++;
+            g->lm = lm;
+        }
+
+        it->group = j;
+        g->item[g->n++] = lm->nitems++;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The script for one group: "c", 1 + n keys (the override, the states)
+ * "c" "NAME RATE PERIOD BURST COST ..."; or, with refund, "r" and
+ * "COST INTERVAL ..." for the limits Redis charged.  The hash tag {H}
+ * keeps the key's override and states in one Redis Cluster slot, and
+ * the override, the first key, routes the call.
  */
 
 static ngx_int_t
 ngx_http_dify_limit_send(ngx_http_request_t *r,
-    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
-    ngx_msec_t timeout)
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g,
+    ngx_uint_t refund)
 {
-    u_char                     *p, *tat, *limit, *num;
-    size_t                      len, argvlen[7];
-    const char                 *argv[7];
-    ngx_http_dify_main_conf_t  *mcf;
+    u_char                      *p, *base;
+    size_t                       len, argvlen[4 + DIFY_GCRA_MAX_LIMITS];
+    ngx_int_t                    argc;
+    ngx_uint_t                   i;
+    const char                  *argv[4 + DIFY_GCRA_MAX_LIMITS];
+    ngx_http_dify_redis_pt       handler;
+    ngx_http_dify_limit_item_t  *it;
+    ngx_http_dify_main_conf_t   *mcf;
+    ngx_http_dify_limit_conf_t  *lc;
 
     mcf = ngx_http_get_module_main_conf(r, ngx_http_dify_status_module);
 
-    /* "{prefix}{hash}", then ":tat" or ":limit" */
+    /* "<prefix>{<hash>}", then ":limit", ":tat" or ":tat:NAME" */
+
     len = dlcf->prefix.len + 1 + DIFY_KEY_HASH_LEN + 1;
 
-    tat = ngx_pnalloc(r->pool, 2 * len + sizeof(":tat:limit") - 1
-                               + 4 * NGX_INT64_LEN);
-    if (tat == NULL) {
+    base = ngx_pnalloc(r->pool,
+                       (g->n + 1) * (len + sizeof(":tat:") + DIFY_GCRA_MAX_NAME)
+                       + g->n * (DIFY_GCRA_MAX_NAME + 5 * NGX_INT64_LEN)
+                       + 2);
+    if (base == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(tat, dlcf->prefix.data, dlcf->prefix.len);
+    it = &g->lm->items[g->item[0]];
+
+    p = ngx_cpymem(base, dlcf->prefix.data, dlcf->prefix.len);
     *p++ = '{';
-    p = ngx_cpymem(p, ctx->key_hash, DIFY_KEY_HASH_LEN);
+    p = ngx_cpymem(p, it->hash, DIFY_KEY_HASH_LEN);
     *p++ = '}';
-    limit = ngx_cpymem(p, ":tat", sizeof(":tat") - 1);
-    argvlen[1] = limit - tat;
 
-    p = ngx_cpymem(limit, tat, len);
+    argv[0] = NULL;                                 /* numkeys, below */
+    argv[1] = (const char *) base;
     p = ngx_cpymem(p, ":limit", sizeof(":limit") - 1);
-    argvlen[2] = p - limit;
+    argvlen[1] = p - base;
 
-    num = p;
+    argc = 2;
 
-    argv[0] = "2";
-    argvlen[0] = 1;
-    argv[1] = (const char *) tat;
-    argv[2] = (const char *) limit;
+    for (i = 0; i < g->n; i++) {
+        lc = g->lm->items[g->item[i]].conf;
 
-    argv[3] = (const char *) num;
-    p = ngx_sprintf(num, "%uL", dlcf->limit.rate);
-    argvlen[3] = p - num;
+        argv[argc] = (const char *) p;
+        p = ngx_cpymem(p, base, len);
+        p = ngx_cpymem(p, ":tat", sizeof(":tat") - 1);
 
-    num = p;
-    argv[4] = (const char *) num;
-    p = ngx_sprintf(num, "%uL", dlcf->limit.period);
-    argvlen[4] = p - num;
+        if (lc->name.len != sizeof("default") - 1
+            || ngx_strncmp(lc->name.data, "default", lc->name.len) != 0)
+        {
+            *p++ = ':';
+            p = ngx_cpymem(p, lc->name.data, lc->name.len);
+        }
 
-    num = p;
-    argv[5] = (const char *) num;
-    p = ngx_sprintf(num, "%uL", dlcf->limit.burst);
-    argvlen[5] = p - num;
+        argvlen[argc] = p - (u_char *) argv[argc];
+        argc++;
+    }
 
-    num = p;
-    argv[6] = (const char *) num;
-    p = ngx_sprintf(num, "%uL", ctx->cost);
-    argvlen[6] = p - num;
+    argv[0] = (const char *) p;
+    p = ngx_sprintf(p, "%ui", g->n + 1);
+    argvlen[0] = p - (u_char *) argv[0];
 
-    ctx->cmd = ngx_http_dify_redis_eval(mcf->rs, mcf->script,
-                                        ngx_http_dify_limit_reply, ctx,
-                                        timeout, 7, argv, argvlen);
-    if (ctx->cmd == NULL) {
+    argv[argc] = refund ? "r" : "c";
+    argvlen[argc] = 1;
+    argc++;
+
+    argv[argc] = (const char *) p;
+
+    for (i = 0; i < g->n; i++) {
+        it = &g->lm->items[g->item[i]];
+        lc = it->conf;
+
+        if (i) {
+            *p++ = ' ';
+        }
+
+        if (refund) {
+            p = ngx_sprintf(p, "%uL %uL", it->cost,
+                            dify_gcra_interval(&it->res.limit));
+
+        } else {
+            p = ngx_sprintf(p, "%V %uL %uL %uL %uL", &lc->name,
+                            lc->limit.rate, lc->limit.period,
+                            lc->limit.burst, it->cost);
+        }
+    }
+
+    argvlen[argc] = p - (u_char *) argv[argc];
+    argc++;
+
+    handler = refund ? ngx_http_dify_limit_refunded
+                     : ngx_http_dify_limit_reply;
+
+    /* the Redis connection times the command from when it is written */
+
+    g->cmd = ngx_http_dify_redis_eval(mcf->rs, mcf->script, handler,
+                                      refund ? NULL : g,
+                                      mcf->redis->timeout, argc, argv,
+                                      argvlen);
+    if (g->cmd == NULL) {
         return NGX_ERROR;
     }
+
+    if (refund) {
+        /* nobody waits for it: it outlives the request */
+        g->cmd = NULL;
+        return NGX_OK;
+    }
+
+    g->sent = ngx_current_msec;
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "dify_status limit: cost %uL, timeout %M ms",
-                   ctx->cost, timeout);
+                   "dify_status limit: %ui limits of one key, timeout %M ms",
+                   g->n, mcf->redis->timeout);
 
     return NGX_OK;
 }
@@ -221,23 +443,32 @@ ngx_http_dify_limit_send(ngx_http_request_t *r,
 
 /*
  * Called by the command layer exactly once per command: with the reply,
- * or with NULL when none came in time.  It decides and posts ctx->wait,
- * so that the request goes on outside of the Redis connection.
+ * or with NULL when none came in time.  Once every group has decided, it
+ * decides the request and posts ctx->wait, so that the request goes on
+ * outside of the Redis connection.
  */
 
 static void
 ngx_http_dify_limit_reply(redisReply *reply, void *data)
 {
-    ngx_http_dify_ctx_t *ctx = data;
+    ngx_http_dify_limit_group_t *g = data;
 
-    size_t                     err_len;
-    const char                *err;
-    dify_reply_rc_e            rc;
-    ngx_http_request_t        *r;
-    ngx_http_dify_loc_conf_t  *dlcf;
+    size_t                        err_len;
+    ngx_uint_t                    i;
+    const char                   *err;
+    dify_reply_rc_e               rc;
+    ngx_http_request_t           *r;
+    ngx_http_dify_ctx_t          *ctx;
+    ngx_http_dify_limiter_t      *lm;
+    ngx_http_dify_loc_conf_t     *dlcf;
+    ngx_http_dify_limit_item_t   *it;
+    dify_gcra_result_t            res[DIFY_GCRA_MAX_LIMITS];
 
+    lm = g->lm;
+    ctx = lm->ctx;
     r = ctx->request;
-    ctx->cmd = NULL;
+    g->cmd = NULL;
+    lm->pending--;
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
 
@@ -245,14 +476,14 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "dify_status limit: no reply in time, "
                        "or the connection was lost");
-        ngx_http_dify_limit_fallback(r, dlcf, ctx);
-        goto resume;
+        ngx_http_dify_limit_fallback(r, dlcf, g);
+        goto next;
     }
 
     err = NULL;
     err_len = 0;
 
-    rc = dify_gcra_parse_reply(reply, &ctx->gcra, &err, &err_len);
+    rc = dify_gcra_parse_replies(reply, res, g->n, &err, &err_len);
 
     /* a NOSCRIPT here: the script could not be loaded in time */
 
@@ -261,8 +492,8 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "dify_status limit: error reply: \"%*s\"",
                        err_len, err ? err : "");
-        ngx_http_dify_limit_fallback(r, dlcf, ctx);
-        goto resume;
+        ngx_http_dify_limit_fallback(r, dlcf, g);
+        goto next;
     }
 
     if (rc != DIFY_REPLY_OK) {
@@ -272,54 +503,221 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
                       "dify_status: unexpected reply from redis: \"%*s\"",
                       err_len, err ? err : "");
 
-        ngx_http_dify_limit_fallback(r, dlcf, ctx);
-        goto resume;
+        ngx_http_dify_limit_fallback(r, dlcf, g);
+        goto next;
     }
 
-    ngx_http_dify_limit_shadow(r, ctx, ngx_http_dify_now());
-    ngx_http_dify_limit_decided(r, dlcf, ctx, 0);
+    g->by = NGX_HTTP_DIFY_BY_REDIS;
+    g->done = 1;
+    g->charged = dify_gcra_charged(res, g->n);
+    g->blocked = (res[0].verdict == DIFY_GCRA_BLOCKED);
 
-resume:
+    for (i = 0; i < g->n; i++) {
+        it = &lm->items[g->item[i]];
+        it->res = res[i];
+        it->has_res = !g->blocked;
+    }
+
+    ngx_http_dify_limit_shadow(r, dlcf, g, ngx_http_dify_now());
+
+next:
+
+    if (lm->pending) {
+        return;
+    }
+
+    ngx_http_dify_limit_decided(r, dlcf, lm, 0);
 
     ngx_post_event(&ctx->wait, &ngx_posted_events);
 }
 
 
-/* turns ctx->gcra into the request's outcome */
+/* the reply to a refund: nothing waits for it */
+
+static void
+ngx_http_dify_limit_refunded(redisReply *reply, void *data)
+{
+    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "dify_status: giving back the quota of a refused "
+                      "request failed in redis");
+    }
+}
+
+
+/*
+ * Redis did not answer in time for a group, or could not be asked.  With
+ * "local", each limit of the group is decided from its shadow, without
+ * charging it yet (ngx_http_dify_limit_commit() does, once the request
+ * passes).
+ */
+
+static void
+ngx_http_dify_limit_fallback(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g)
+{
+    int64_t                       now, tat;
+    uint32_t                      hash;
+    ngx_uint_t                    i;
+    dify_gcra_limit_t             limit;
+    ngx_http_dify_node_t         *node;
+    ngx_http_dify_zone_t         *zone;
+    ngx_http_dify_node_key_t      nk;
+    ngx_http_dify_limit_item_t   *it;
+
+    g->done = 1;
+
+    switch (dlcf->fallback) {
+
+    case NGX_HTTP_DIFY_FALLBACK_DENY:
+        g->by = NGX_HTTP_DIFY_BY_DENY;
+        return;
+
+    case NGX_HTTP_DIFY_FALLBACK_LOCAL:
+        break;
+
+    default: /* NGX_HTTP_DIFY_FALLBACK_ALLOW */
+        g->by = NGX_HTTP_DIFY_BY_ALLOW;
+        return;
+    }
+
+    g->by = NGX_HTTP_DIFY_BY_LOCAL;
+
+    zone = ngx_http_dify_zone(r);
+    now = ngx_http_dify_now();
+
+    for (i = 0; i < g->n; i++) {
+        it = &g->lm->items[g->item[i]];
+        hash = ngx_http_dify_node_key(dlcf, it, &nk);
+
+        tat = now;
+        limit = it->conf->limit;
+
+        ngx_shmtx_lock(&zone->shpool->mutex);
+
+        node = ngx_http_dify_node_lookup(zone, &nk, hash);
+
+        if (node != NULL) {
+            tat = node->tat;
+
+            if (node->known) {
+                limit = node->limit;
+            }
+        }
+
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+
+        /* on a copy: charged by ngx_http_dify_limit_commit() */
+
+        dify_gcra_decide(&tat, now, &limit, it->cost, &it->res);
+        ngx_http_dify_limit_uncharge(it);
+        it->has_res = 1;
+    }
+}
+
+
+/*
+ * Every group has decided (or the shadow refused the request at once):
+ * the request passes when every limit admitted it.  Otherwise what Redis
+ * charged is given back, and the answer is the limit's that refused:
+ * the one that can never pass, or else the longest wait.
+ */
 
 static void
 ngx_http_dify_limit_decided(ngx_http_request_t *r,
-    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx,
-    ngx_uint_t fallback)
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm,
+    ngx_uint_t cached)
 {
-    u_char              *p;
-    uint64_t             seconds;
-    dify_gcra_result_t  *res;
-    u_char               msg[DIFY_BODY_MESSAGE_LEN];
+    ngx_uint_t                    i, j, by_allow, by_local, blocked;
+    ngx_uint_t                    denied;
+    ngx_http_dify_ctx_t          *ctx;
+    ngx_http_dify_limit_item_t   *it, *refused, *least;
+    ngx_http_dify_limit_group_t  *g;
 
-    res = &ctx->gcra;
-    ctx->has_gcra = 1;
+    ctx = lm->ctx;
 
-    if (res->verdict == DIFY_GCRA_ALLOWED) {
-        ctx->outcome = fallback ? NGX_HTTP_DIFY_OUTCOME_FB_PASSED
-                                : NGX_HTTP_DIFY_OUTCOME_PASSED;
-        return;
+    by_allow = 0;
+    by_local = 0;
+    blocked = 0;
+    denied = 0;
+
+    for (i = 0; i < lm->ngroups; i++) {
+        g = &lm->groups[i];
+
+        if (!g->done) {
+            continue;
+        }
+
+        by_allow |= (g->by == NGX_HTTP_DIFY_BY_ALLOW);
+        by_local |= (g->by == NGX_HTTP_DIFY_BY_LOCAL);
+        denied |= (g->by == NGX_HTTP_DIFY_BY_DENY);
+        blocked |= g->blocked;
     }
 
-    if (dlcf->dry_run) {
-        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_DRY_RUN_LIMITED);
+    refused = NULL;
+    least = NULL;
 
-        ngx_log_error(dlcf->log_level, r->connection->log, 0,
-                      "dify_status: dry run, key \"%*s\" would be %s",
-                      (size_t) 12, ctx->key_hash,
-                      res->verdict == DIFY_GCRA_BLOCKED ? "blocked"
-                                                        : "limited");
+    for (i = 0; i < lm->nitems; i++) {
+        it = &lm->items[i];
 
-        ctx->outcome = NGX_HTTP_DIFY_OUTCOME_DRY_RUN;
-        return;
+        if (!it->has_res) {
+            continue;
+        }
+
+        ctx->has_gcra = 1;
+
+        if (it->res.verdict == DIFY_GCRA_ALLOWED) {
+            if (least == NULL || it->res.remaining < least->res.remaining) {
+                least = it;
+            }
+
+            continue;
+        }
+
+        if (refused == NULL
+            || (refused->res.verdict == DIFY_GCRA_LIMITED
+                && (it->res.verdict == DIFY_GCRA_NEVER
+                    || it->res.retry > refused->res.retry)))
+        {
+            refused = it;
+        }
     }
 
-    if (res->verdict == DIFY_GCRA_BLOCKED) {
+    if (refused != NULL) {
+        ctx->gcra = refused->res;
+        ctx->limit_name = refused->conf->name;
+
+    } else if (least != NULL) {
+        ctx->gcra = least->res;
+    }
+
+    if (blocked || denied || refused != NULL) {
+
+        /* a refused request costs nothing: what Redis charged goes back */
+
+        for (i = 0; i < lm->ngroups; i++) {
+            g = &lm->groups[i];
+
+            if (!g->charged) {
+                continue;
+            }
+
+            g->charged = 0;
+            (void) ngx_http_dify_limit_send(r, dlcf, g, 1);
+
+            /* the answer shows the states as given back */
+
+            for (j = 0; j < g->n; j++) {
+                ngx_http_dify_limit_uncharge(&lm->items[g->item[j]]);
+            }
+        }
+    }
+
+    if (blocked) {
+        if (dlcf->dry_run) {
+            goto dry_run;
+        }
+
         ctx->has_gcra = 0;
         ctx->outcome = NGX_HTTP_DIFY_OUTCOME_BLOCKED;
         ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_FORBIDDEN, NGX_HTTP_FORBIDDEN,
@@ -327,26 +725,131 @@ ngx_http_dify_limit_decided(ngx_http_request_t *r,
         return;
     }
 
-    ngx_http_dify_metrics_inc(fallback
+    if (denied) {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_FALLBACK_DENY);
+        ctx->has_gcra = 0;
+        ctx->outcome = NGX_HTTP_DIFY_OUTCOME_FB_DENIED;
+        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_UNAVAILABLE,
+                             NGX_HTTP_SERVICE_UNAVAILABLE,
+                             "The rate limiter is unavailable; "
+                             "retry in a moment.", 0);
+        return;
+    }
+
+    if (refused == NULL) {
+        ngx_http_dify_limit_commit(r, dlcf, lm);
+
+        /* the limits decided here are charged now: the least again */
+
+        for (i = 0; i < lm->nitems; i++) {
+            it = &lm->items[i];
+
+            if (it->has_res && it->res.remaining < ctx->gcra.remaining) {
+                ctx->gcra = it->res;
+            }
+        }
+
+        if (by_local) {
+            ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED);
+            ctx->outcome = NGX_HTTP_DIFY_OUTCOME_FB_PASSED;
+
+        } else if (by_allow) {
+            ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_FALLBACK_ALLOW);
+            ctx->outcome = NGX_HTTP_DIFY_OUTCOME_FB_ALLOWED;
+
+        } else {
+            ctx->outcome = NGX_HTTP_DIFY_OUTCOME_PASSED;
+        }
+
+        return;
+    }
+
+    if (dlcf->dry_run) {
+        goto dry_run;
+    }
+
+    by_local = (!cached && lm->groups[refused->group].by
+                           == NGX_HTTP_DIFY_BY_LOCAL);
+
+    ngx_http_dify_metrics_inc(by_local
                               ? NGX_HTTP_DIFY_M_FALLBACK_LOCAL_LIMITED
                               : NGX_HTTP_DIFY_M_LIMITED);
 
-    ctx->outcome = fallback ? NGX_HTTP_DIFY_OUTCOME_FB_LIMITED
+    ctx->outcome = by_local ? NGX_HTTP_DIFY_OUTCOME_FB_LIMITED
                             : NGX_HTTP_DIFY_OUTCOME_LIMITED;
 
-    if (res->verdict == DIFY_GCRA_NEVER) {
-        p = ngx_snprintf(msg, sizeof(msg),
-                         "This request costs %uL, more than this API key "
-                         "may ever spend at once (%uL); "
-                         "send smaller batches.",
-                         ctx->cost, res->limit.burst);
+    ngx_http_dify_limit_reject(r, dlcf, lm, refused);
+
+    return;
+
+dry_run:
+
+    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_DRY_RUN_LIMITED);
+
+    ngx_log_error(dlcf->log_level, r->connection->log, 0,
+                  "dify_status: dry run, key \"%*s\" would be %s",
+                  (size_t) 12, ctx->key_hash,
+                  blocked ? "blocked" : "limited");
+
+    ctx->outcome = NGX_HTTP_DIFY_OUTCOME_DRY_RUN;
+}
+
+
+/* the answer of a request a limit refused */
+
+static void
+ngx_http_dify_limit_reject(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm,
+    ngx_http_dify_limit_item_t *it)
+{
+    u_char               *p, *last;
+    uint64_t              seconds;
+    ngx_uint_t            token, deflt;
+    ngx_http_dify_ctx_t  *ctx;
+    u_char                msg[DIFY_BODY_MESSAGE_LEN];
+
+    ctx = lm->ctx;
+
+    p = msg;
+    last = msg + sizeof(msg);
+
+    /* the default limit on the token has the messages it always had */
+
+    token = (it->conf->key == NULL && it->conf->key_hash == NULL);
+    deflt = (it->conf->name.len == sizeof("default") - 1
+             && ngx_strncmp(it->conf->name.data, "default",
+                            it->conf->name.len) == 0);
+
+    if (it->res.verdict == DIFY_GCRA_NEVER) {
+        p = ngx_slprintf(p, last, "This request costs %uL, more than ",
+                         it->cost);
+
+        if (token) {
+            p = ngx_slprintf(p, last, "this API key may ever spend at once");
+
+        } else {
+            p = ngx_slprintf(p, last, "may ever be spent at once");
+        }
+
+        if (!deflt || !token) {
+            p = ngx_slprintf(p, last, " under the limit \"%V\"",
+                             &it->conf->name);
+        }
+
+        p = ngx_slprintf(p, last, " (%uL); send smaller batches.",
+                         it->res.limit.burst);
 
     } else {
-        seconds = dify_gcra_retry_seconds(res);
+        seconds = dify_gcra_retry_seconds(&it->res);
 
-        p = ngx_snprintf(msg, sizeof(msg),
-                         "Rate limit exceeded for this API key; "
-                         "retry in %uL second%s.",
+        p = ngx_slprintf(p, last, "Rate limit ");
+
+        if (!deflt || !token) {
+            p = ngx_slprintf(p, last, "\"%V\" ", &it->conf->name);
+        }
+
+        p = ngx_slprintf(p, last, "exceeded%s; retry in %uL second%s.",
+                         token ? " for this API key" : "",
                          seconds, seconds == 1 ? "" : "s");
     }
 
@@ -355,188 +858,303 @@ ngx_http_dify_limit_decided(ngx_http_request_t *r,
 }
 
 
-/* Redis did not answer in time, or could not be asked */
+/*
+ * An admitted result as it was before its charge: what a request that
+ * another limit refused leaves, since it is charged nowhere.
+ */
 
 static void
-ngx_http_dify_limit_fallback(ngx_http_request_t *r,
-    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_ctx_t *ctx)
+ngx_http_dify_limit_uncharge(ngx_http_dify_limit_item_t *it)
 {
-    int64_t                    now, tat;
-    uint32_t                   hash;
-    ngx_http_dify_node_t      *node;
-    ngx_http_dify_zone_t      *zone;
-    ngx_http_dify_node_key_t   nk;
+    uint64_t  t, tol, back;
 
-    switch (dlcf->fallback) {
-
-    case NGX_HTTP_DIFY_FALLBACK_DENY:
-        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_FALLBACK_DENY);
-        ctx->outcome = NGX_HTTP_DIFY_OUTCOME_FB_DENIED;
-        ngx_http_dify_reject(ctx, NGX_HTTP_DIFY_UNAVAILABLE,
-                             NGX_HTTP_SERVICE_UNAVAILABLE,
-                             "The rate limiter is unavailable; "
-                             "retry in a moment.", 0);
-        return;
-
-    case NGX_HTTP_DIFY_FALLBACK_LOCAL:
-        break;
-
-    default: /* NGX_HTTP_DIFY_FALLBACK_ALLOW */
-        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_FALLBACK_ALLOW);
-        ctx->outcome = NGX_HTTP_DIFY_OUTCOME_FB_ALLOWED;
+    if (it->res.verdict != DIFY_GCRA_ALLOWED) {
         return;
     }
 
-    zone = ngx_http_dify_zone(r);
-    now = ngx_http_dify_now();
-    hash = ngx_http_dify_node_key(r, ctx, &nk);
+    t = dify_gcra_interval(&it->res.limit);
+    tol = it->res.limit.burst * t;
+    back = it->cost * t;
 
-    ngx_shmtx_lock(&zone->shpool->mutex);
+    it->res.reset = (it->res.reset > back) ? it->res.reset - back : 0;
+    it->res.remaining = (tol - it->res.reset) / t;
+}
 
-    node = ngx_http_dify_node_lookup(zone, &nk, hash);
 
-    if (node == NULL) {
-        node = ngx_http_dify_node_create(zone, &nk, hash);
-    }
+/* the request passed: the limits decided on this node are charged */
 
-    if (node == NULL) {
-        /* no room even after expiry: decide from a fresh state */
-        tat = now;
+static void
+ngx_http_dify_limit_commit(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm)
+{
+    int64_t                       now, tat;
+    uint32_t                      hash;
+    ngx_uint_t                    i;
+    ngx_http_dify_node_t         *node;
+    ngx_http_dify_zone_t         *zone;
+    ngx_http_dify_node_key_t      nk;
+    ngx_http_dify_limit_item_t   *it;
 
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-        dify_gcra_decide(&tat, now, &dlcf->limit, ctx->cost, &ctx->gcra);
+    zone = NULL;
+    now = 0;
 
-    } else {
+    for (i = 0; i < lm->nitems; i++) {
+        it = &lm->items[i];
+
+        if (lm->groups[it->group].by != NGX_HTTP_DIFY_BY_LOCAL) {
+            continue;
+        }
+
+        if (zone == NULL) {
+            zone = ngx_http_dify_zone(r);
+            now = ngx_http_dify_now();
+        }
+
+        hash = ngx_http_dify_node_key(dlcf, it, &nk);
+
+        ngx_shmtx_lock(&zone->shpool->mutex);
+
+        node = ngx_http_dify_node_lookup(zone, &nk, hash);
+
+        if (node == NULL) {
+            node = ngx_http_dify_node_create(zone, &nk, hash);
+        }
+
+        if (node == NULL) {
+            /* no room even after expiry: decided from a fresh state */
+            ngx_shmtx_unlock(&zone->shpool->mutex);
+            tat = now;
+            dify_gcra_decide(&tat, now, &it->conf->limit, it->cost,
+                             &it->res);
+            continue;
+        }
+
         if (!node->known) {
-            node->limit = dlcf->limit;
+            node->limit = it->conf->limit;
         }
 
         node->last = ngx_current_msec;
-        dify_gcra_decide(&node->tat, now, &node->limit, ctx->cost,
-                         &ctx->gcra);
+        dify_gcra_decide(&node->tat, now, &node->limit, it->cost, &it->res);
 
         ngx_shmtx_unlock(&zone->shpool->mutex);
     }
-
-    if (ctx->gcra.verdict == DIFY_GCRA_ALLOWED) {
-        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED);
-    }
-
-    ngx_http_dify_limit_decided(r, dlcf, ctx, 1);
 }
 
 
 /*
- * NGX_OK when the shadow says the key is certainly limited (or the
- * request can never pass): ctx->gcra is then the answer.
+ * NGX_OK when the shadow says a limit certainly refuses the request (a
+ * verdict less than NGX_HTTP_DIFY_CACHE_LIFE old): the items it knows
+ * then hold the answer.
  */
 
 static ngx_int_t
-ngx_http_dify_limit_cached(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx,
+ngx_http_dify_limit_cached(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm,
     int64_t now)
 {
-    int64_t                tat;
-    uint32_t                   hash;
-    ngx_http_dify_node_t      *node;
-    ngx_http_dify_zone_t      *zone;
-    ngx_http_dify_node_key_t   nk;
+    int64_t                      tat[DIFY_GCRA_MAX_LIMITS];
+    uint32_t                     hash;
+    ngx_int_t                    rc;
+    ngx_uint_t                   i, fresh[DIFY_GCRA_MAX_LIMITS];
+    ngx_uint_t                   known[DIFY_GCRA_MAX_LIMITS];
+    ngx_http_dify_node_t        *node;
+    ngx_http_dify_zone_t        *zone;
+    ngx_http_dify_node_key_t     nk;
+    ngx_http_dify_limit_item_t  *it;
+    dify_gcra_limit_t            limit[DIFY_GCRA_MAX_LIMITS];
 
     zone = ngx_http_dify_zone(r);
-    hash = ngx_http_dify_node_key(r, ctx, &nk);
 
-    ngx_shmtx_lock(&zone->shpool->mutex);
+    for (i = 0; i < lm->nitems; i++) {
+        it = &lm->items[i];
+        hash = ngx_http_dify_node_key(dlcf, it, &nk);
 
-    node = ngx_http_dify_node_lookup(zone, &nk, hash);
+        known[i] = 0;
+        fresh[i] = 0;
 
-    if (node == NULL || !node->known) {
+        ngx_shmtx_lock(&zone->shpool->mutex);
+
+        node = ngx_http_dify_node_lookup(zone, &nk, hash);
+
+        if (node != NULL && node->known) {
+            known[i] = 1;
+            fresh[i] = (ngx_msec_int_t) (ngx_current_msec - node->sent)
+                       < NGX_HTTP_DIFY_CACHE_LIFE;
+            tat[i] = node->tat;
+            limit[i] = node->limit;
+        }
+
         ngx_shmtx_unlock(&zone->shpool->mutex);
+    }
+
+    rc = NGX_DECLINED;
+
+    for (i = 0; i < lm->nitems; i++) {
+        if (!known[i]) {
+            continue;
+        }
+
+        it = &lm->items[i];
+
+        dify_gcra_decide(&tat[i], now, &limit[i], it->cost, &it->res);
+        ngx_http_dify_limit_uncharge(it);
+
+        if (fresh[i] && it->res.verdict != DIFY_GCRA_ALLOWED) {
+            rc = NGX_OK;
+        }
+    }
+
+    if (rc != NGX_OK) {
         return NGX_DECLINED;
     }
 
-    tat = node->tat;
-    ctx->gcra.limit = node->limit;
+    /* the answer lists the limits this node knows */
 
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    dify_gcra_decide(&tat, now, &ctx->gcra.limit, ctx->cost, &ctx->gcra);
-
-    if (ctx->gcra.verdict == DIFY_GCRA_ALLOWED) {
-        return NGX_DECLINED;
+    for (i = 0; i < lm->nitems; i++) {
+        lm->items[i].has_res = known[i];
     }
 
     return NGX_OK;
 }
 
 
-/* after a reply: the shadow takes Redis's TAT and the key's limit */
+/* after a reply: the shadows take Redis's states and the key's limits */
 
 static void
-ngx_http_dify_limit_shadow(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx,
+ngx_http_dify_limit_shadow(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g,
     int64_t now)
 {
-    uint32_t                   hash;
-    ngx_http_dify_node_t      *node;
-    ngx_http_dify_zone_t      *zone;
-    ngx_http_dify_node_key_t   nk;
+    uint32_t                     hash;
+    ngx_uint_t                   i;
+    ngx_http_dify_node_t        *node;
+    ngx_http_dify_zone_t        *zone;
+    ngx_http_dify_node_key_t     nk;
+    ngx_http_dify_limit_item_t  *it;
 
-    if (ctx->gcra.verdict == DIFY_GCRA_BLOCKED) {
+    if (g->blocked) {
         return;
     }
 
     zone = ngx_http_dify_zone(r);
-    hash = ngx_http_dify_node_key(r, ctx, &nk);
 
-    ngx_shmtx_lock(&zone->shpool->mutex);
+    for (i = 0; i < g->n; i++) {
+        it = &g->lm->items[g->item[i]];
+        hash = ngx_http_dify_node_key(dlcf, it, &nk);
 
-    node = ngx_http_dify_node_lookup(zone, &nk, hash);
+        ngx_shmtx_lock(&zone->shpool->mutex);
 
-    if (node == NULL) {
-        node = ngx_http_dify_node_create(zone, &nk, hash);
+        node = ngx_http_dify_node_lookup(zone, &nk, hash);
+
+        if (node == NULL) {
+            node = ngx_http_dify_node_create(zone, &nk, hash);
+        }
+
+        if (node != NULL) {
+            node->known = 1;
+            node->limit = it->res.limit;
+            node->tat = now + (int64_t) it->res.reset;
+            node->last = ngx_current_msec;
+            node->sent = g->sent;
+        }
+
+        ngx_shmtx_unlock(&zone->shpool->mutex);
     }
-
-    if (node != NULL) {
-        node->known = 1;
-        node->limit = ctx->gcra.limit;
-        node->tat = now + (int64_t) ctx->gcra.reset;
-        node->last = ngx_current_msec;
-    }
-
-    ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 
+
+void
+ngx_http_dify_limit_release(ngx_http_dify_ctx_t *ctx)
+{
+    ngx_uint_t                i;
+    ngx_http_dify_limiter_t  *lm;
+
+    lm = ctx->limiter;
+
+    if (lm == NULL) {
+        return;
+    }
+
+    for (i = 0; i < lm->ngroups; i++) {
+        if (lm->groups[i].cmd != NULL) {
+            ngx_http_dify_redis_cancel(lm->groups[i].cmd);
+            lm->groups[i].cmd = NULL;
+        }
+    }
+
+    lm->pending = 0;
+}
+
+
+/*
+ * RateLimit-Policy and RateLimit: a List member per limit that applied,
+ * in the order of the configuration.
+ */
 
 ngx_int_t
 ngx_http_dify_limit_headers(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
 {
-    size_t                     len;
-    ngx_http_dify_loc_conf_t  *dlcf;
-    u_char                     buf[128];
+    u_char                      *policy, *rl, *p, *q;
+    size_t                       len;
+    ngx_uint_t                   i, n;
+    ngx_http_dify_limiter_t     *lm;
+    ngx_http_dify_loc_conf_t    *dlcf;
+    ngx_http_dify_limit_item_t  *it;
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
+    lm = ctx->limiter;
 
-    if (!dlcf->limit_headers) {
+    if (!dlcf->limit_headers || lm == NULL) {
         return NGX_OK;
     }
 
-    len = dify_gcra_policy_header((char *) buf, sizeof(buf),
-                                  &ctx->gcra.limit);
+    /* ", " "name" ";q=" N ";w=" N, and ";r=" N ";t=" N: the longest */
 
-    if (len != 0
-        && ngx_http_dify_limit_header(r, "RateLimit-Policy", buf, len)
-           != NGX_OK)
+    len = DIFY_GCRA_MAX_LIMITS
+          * (2 + DIFY_GCRA_MAX_NAME + 2 + 6 + 2 * NGX_INT64_LEN) + 1;
+
+    policy = ngx_pnalloc(r->pool, 2 * len);
+    if (policy == NULL) {
+        return NGX_ERROR;
+    }
+
+    rl = policy + len;
+    p = policy;
+    q = rl;
+    n = 0;
+
+    for (i = 0; i < lm->nitems; i++) {
+        it = &lm->items[i];
+
+        if (!it->has_res) {
+            continue;
+        }
+
+        if (n++) {
+            *p++ = ','; *p++ = ' ';
+            *q++ = ','; *q++ = ' ';
+        }
+
+        p += dify_gcra_policy_item((char *) p, policy + len - p,
+                                   (char *) it->conf->name.data,
+                                   it->conf->name.len, &it->res.limit);
+
+        q += dify_gcra_ratelimit_item((char *) q, rl + len - q,
+                                      (char *) it->conf->name.data,
+                                      it->conf->name.len, &it->res);
+    }
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_dify_limit_header(r, "RateLimit-Policy", policy, p - policy)
+        != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    len = dify_gcra_ratelimit_header((char *) buf, sizeof(buf), &ctx->gcra);
-
-    if (len != 0
-        && ngx_http_dify_limit_header(r, "RateLimit", buf, len) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
+    return ngx_http_dify_limit_header(r, "RateLimit", rl, q - rl);
 }
 
 
@@ -554,6 +1172,7 @@ ngx_http_dify_limit_retry_after(ngx_http_request_t *r,
     } else if (ctx->code == NGX_HTTP_DIFY_TOO_MANY_REQUESTS
                && ctx->gcra.verdict == DIFY_GCRA_LIMITED)
     {
+        /* the wait of the limit that refused, the longest of them */
         seconds = dify_gcra_retry_seconds(&ctx->gcra);
 
     } else {
@@ -598,32 +1217,37 @@ ngx_http_dify_limit_header(ngx_http_request_t *r, const char *name,
 
 /*
  * The tree's key: 32 bits of the key's SHA-256 (already uniform), mixed
- * with the prefix's CRC and the default limit; ngx_memcmp() of the whole
- * node key settles collisions.
+ * with the prefix's CRC, the limit's name and its default; ngx_memcmp()
+ * of the whole node key settles collisions.
  */
 
 static uint32_t
-ngx_http_dify_node_key(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx,
-    ngx_http_dify_node_key_t *nk)
+ngx_http_dify_node_key(ngx_http_dify_loc_conf_t *dlcf,
+    ngx_http_dify_limit_item_t *it, ngx_http_dify_node_key_t *nk)
 {
-    ngx_int_t                  bits;
-    ngx_http_dify_loc_conf_t  *dlcf;
+    ngx_int_t                    bits;
+    dify_gcra_limit_t           *limit;
+    ngx_http_dify_limit_conf_t  *lc;
 
-    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
+    lc = it->conf;
+    limit = &lc->limit;
 
     ngx_memzero(nk, sizeof(ngx_http_dify_node_key_t));
 
-    ngx_memcpy(nk->key, ctx->key_hash, DIFY_KEY_HASH_LEN);
+    ngx_memcpy(nk->key, it->hash, DIFY_KEY_HASH_LEN);
+    ngx_memcpy(nk->name, lc->name.data,
+               ngx_min(lc->name.len, DIFY_GCRA_MAX_NAME));
     nk->prefix = dlcf->prefix_crc;
     nk->prefix_len = dlcf->prefix.len;
-    nk->deflt = dlcf->limit;
+    nk->deflt = *limit;
 
-    bits = ngx_hextoi(ctx->key_hash, 8);
+    bits = ngx_hextoi(it->hash, 8);
 
     return (uint32_t) bits ^ dlcf->prefix_crc
-           ^ (uint32_t) (dlcf->limit.rate * 2654435761u)
-           ^ (uint32_t) (dlcf->limit.period << 24)
-           ^ (uint32_t) (dlcf->limit.burst * 40503u);
+           ^ ngx_crc32_short(lc->name.data, lc->name.len)
+           ^ (uint32_t) (limit->rate * 2654435761u)
+           ^ (uint32_t) (limit->period << 24)
+           ^ (uint32_t) (limit->burst * 40503u);
 }
 
 
@@ -704,6 +1328,7 @@ ngx_http_dify_node_create(ngx_http_dify_zone_t *zone,
     dn->known = 0;
     dn->tat = 0;
     dn->last = ngx_current_msec;
+    dn->sent = ngx_current_msec - NGX_HTTP_DIFY_CACHE_LIFE;
     ngx_memzero(&dn->limit, sizeof(dify_gcra_limit_t));
     ngx_memcpy(&dn->key, nk, sizeof(ngx_http_dify_node_key_t));
 
@@ -804,16 +1429,16 @@ ngx_http_dify_rbtree_insert_value(ngx_rbtree_node_t *temp,
 }
 
 
-/* the local clock, in microseconds (the cached time: ms resolution) */
+/*
+ * The node's clock, in microseconds: the monotonic clock nginx caches
+ * (ngx_current_msec, CLOCK_MONOTONIC, ms resolution), the same in every
+ * worker; a step of the wall clock does not move it.
+ */
 
 static int64_t
 ngx_http_dify_now(void)
 {
-    ngx_time_t  *tp;
-
-    tp = ngx_timeofday();
-
-    return (int64_t) tp->sec * 1000000 + (int64_t) tp->msec * 1000;
+    return (int64_t) ngx_current_msec * 1000;
 }
 
 
@@ -896,7 +1521,8 @@ ngx_http_dify_limit_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
         return NGX_ERROR;
     }
 
-    ngx_str_set(&name, "dify_status");
+    /* not "dify_status": its states were on the wall clock */
+    ngx_str_set(&name, "dify_status_limit");
 
     mcf->shm_zone = ngx_shared_memory_add(cf, &name, mcf->shm_size,
                                           &ngx_http_dify_status_module);
@@ -912,8 +1538,11 @@ ngx_http_dify_limit_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
 
 
 /*
- * dify_status_limit rate=N r/s|r/m|r/h [burst=N] [cost=request|documents];
+ * dify_status_limit [name=NAME] rate=N r/s|r/m|r/h|r/d [burst=N]
+ *     [cost=request|documents] [key=VALUE];
  * dify_status_limit off;
+ *
+ * Several per context, each with a name of its own.
  */
 
 char *
@@ -921,29 +1550,78 @@ ngx_http_dify_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_dify_loc_conf_t *dlcf = conf;
 
-    u_char                     *p;
-    size_t                      len;
-    ngx_int_t                   n;
-    ngx_str_t                  *value, s;
-    ngx_uint_t                  i, burst_set;
-    ngx_http_dify_main_conf_t  *mcf;
-
-    if (dlcf->limit_set != NGX_CONF_UNSET) {
-        return "is duplicate";
-    }
+    u_char                             *p;
+    size_t                              len;
+    uint64_t                            t;
+    ngx_int_t                           n;
+    ngx_str_t                          *value, s, key;
+    ngx_uint_t                          i, burst_set;
+    ngx_http_dify_main_conf_t          *mcf;
+    ngx_http_dify_limit_conf_t         *lc, *other;
+    ngx_http_compile_complex_value_t    ccv;
 
     value = cf->args->elts;
 
     if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        if (dlcf->limit_set != NGX_CONF_UNSET) {
+            return "is duplicate";
+        }
+
         dlcf->limit_set = 0;
-        dlcf->cost = NGX_HTTP_DIFY_COST_REQUEST;
         return NGX_CONF_OK;
     }
 
+    if (dlcf->limit_set == 0) {
+        return "is duplicate";
+    }
+
+    if (dlcf->limits == NULL) {
+        dlcf->limits = ngx_array_create(cf->pool, 2,
+                                        sizeof(ngx_http_dify_limit_conf_t));
+        if (dlcf->limits == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (dlcf->limits->nelts == DIFY_GCRA_MAX_LIMITS) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "more than %d \"%V\" in one context",
+                           DIFY_GCRA_MAX_LIMITS, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    lc = ngx_array_push(dlcf->limits);
+    if (lc == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(lc, sizeof(ngx_http_dify_limit_conf_t));
+
+    ngx_str_set(&lc->name, "default");
+    lc->cost = NGX_HTTP_DIFY_COST_REQUEST;
+
     burst_set = 0;
-    dlcf->cost = NGX_HTTP_DIFY_COST_REQUEST;
+    key.len = 0;
+    key.data = NULL;
 
     for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "name=", 5) == 0) {
+
+            s.data = value[i].data + 5;
+            s.len = value[i].len - 5;
+
+            if (dify_gcra_valid_name(s.data, s.len) != 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid limit name \"%V\": 1 to %d "
+                                   "letters, digits, \"_\" or \"-\"",
+                                   &value[i], DIFY_GCRA_MAX_NAME);
+                return NGX_CONF_ERROR;
+            }
+
+            lc->name = s;
+            continue;
+        }
 
         if (ngx_strncmp(value[i].data, "rate=", 5) == 0) {
 
@@ -968,8 +1646,8 @@ ngx_http_dify_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 i++;
             }
 
-            if (dify_gcra_parse_rate(p, len, &dlcf->limit.rate,
-                                     &dlcf->limit.period)
+            if (dify_gcra_parse_rate(p, len, &lc->limit.rate,
+                                     &lc->limit.period)
                 != 0)
             {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -989,19 +1667,33 @@ ngx_http_dify_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 return NGX_CONF_ERROR;
             }
 
-            dlcf->limit.burst = n;
+            lc->limit.burst = n;
             burst_set = 1;
 
             continue;
         }
 
         if (ngx_strcmp(value[i].data, "cost=request") == 0) {
-            dlcf->cost = NGX_HTTP_DIFY_COST_REQUEST;
+            lc->cost = NGX_HTTP_DIFY_COST_REQUEST;
             continue;
         }
 
         if (ngx_strcmp(value[i].data, "cost=documents") == 0) {
-            dlcf->cost = NGX_HTTP_DIFY_COST_DOCUMENTS;
+            lc->cost = NGX_HTTP_DIFY_COST_DOCUMENTS;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "key=", 4) == 0) {
+
+            key.data = value[i].data + 4;
+            key.len = value[i].len - 4;
+
+            if (key.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "empty key in \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
             continue;
         }
 
@@ -1010,7 +1702,7 @@ ngx_http_dify_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (dlcf->limit.rate == 0) {
+    if (lc->limit.rate == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%V\" must have \"rate\" parameter",
                            &cmd->name);
@@ -1020,7 +1712,66 @@ ngx_http_dify_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     /* by default a full bucket holds one period's worth of the rate */
 
     if (!burst_set) {
-        dlcf->limit.burst = dlcf->limit.rate;
+        lc->limit.burst = lc->limit.rate;
+    }
+
+    t = dify_gcra_interval(&lc->limit);
+
+    if (lc->limit.burst > DIFY_GCRA_MAX_TOL / t) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "burst %uL at this rate takes longer than "
+                           "3600000000 seconds to fill; at most %uL",
+                           lc->limit.burst, DIFY_GCRA_MAX_TOL / t);
+        return NGX_CONF_ERROR;
+    }
+
+    other = dlcf->limits->elts;
+
+    for (i = 0; i + 1 < dlcf->limits->nelts; i++) {
+        if (other[i].name.len == lc->name.len
+            && ngx_strncmp(other[i].name.data, lc->name.data, lc->name.len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate limit name \"%V\"", &lc->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (key.len) {
+        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+        ccv.cf = cf;
+        ccv.value = &key;
+        ccv.complex_value = ngx_palloc(cf->pool,
+                                       sizeof(ngx_http_complex_value_t));
+        if (ccv.complex_value == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (ccv.complex_value->lengths == NULL) {
+            /* a constant, "all" say: one key for every request */
+
+            lc->key_hash = ngx_pnalloc(cf->pool, DIFY_KEY_HASH_LEN);
+            if (lc->key_hash == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            if (dify_key_hash(key.data, key.len, (char *) lc->key_hash)
+                != 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "hashing the key \"%V\" failed", &key);
+                return NGX_CONF_ERROR;
+            }
+
+        } else {
+            lc->key = ccv.complex_value;
+        }
     }
 
     dlcf->limit_set = 1;

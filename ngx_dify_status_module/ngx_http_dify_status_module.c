@@ -1206,7 +1206,7 @@ ngx_http_dify_create_loc_conf(ngx_conf_t *cf)
     /*
      * set by ngx_pcalloc():
      *
-     *     conf->limit = { 0, 0, 0 };
+     *     conf->limits = NULL;
      *     conf->prefix = { 0, NULL };
      *     conf->token_prefix = { 0, NULL };
      */
@@ -1217,7 +1217,6 @@ ngx_http_dify_create_loc_conf(ngx_conf_t *cf)
     conf->document_ids = NGX_CONF_UNSET_UINT;
     conf->duplicate_ids = NGX_CONF_UNSET_UINT;
     conf->limit_set = NGX_CONF_UNSET;
-    conf->cost = NGX_CONF_UNSET_UINT;
     conf->limit_status = NGX_CONF_UNSET_UINT;
     conf->limit_headers = NGX_CONF_UNSET;
     conf->fallback = NGX_CONF_UNSET_UINT;
@@ -1246,13 +1245,10 @@ ngx_http_dify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (conf->limit_set == NGX_CONF_UNSET) {
         conf->limit_set = prev->limit_set;
-        conf->limit = prev->limit;
-        conf->cost = prev->cost;
+        conf->limits = prev->limits;
     }
 
     ngx_conf_merge_value(conf->limit_set, prev->limit_set, 0);
-    ngx_conf_merge_uint_value(conf->cost, prev->cost,
-                              NGX_HTTP_DIFY_COST_REQUEST);
     ngx_conf_merge_uint_value(conf->limit_status, prev->limit_status,
                               NGX_HTTP_TOO_MANY_REQUESTS);
     ngx_conf_merge_value(conf->limit_headers, prev->limit_headers, 1);

@@ -63,6 +63,10 @@ static ngx_http_variable_t  ngx_http_dify_vars[] = {
     { ngx_string("dify_status_remaining"), NULL,
       ngx_http_dify_variable_remaining, 0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("dify_status_limit"), NULL,
+      ngx_http_dify_variable_str,
+      offsetof(ngx_http_dify_ctx_t, limit_name), NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
 };
 

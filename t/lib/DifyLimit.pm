@@ -34,6 +34,13 @@ Built on t/lib/DifyTest.pm; core Perl only.
                          when the header is missing (so ->{r} is undef)
   policy($res)           { q => N, w => N } parsed from RateLimit-Policy,
                          or {}
+  limits($res)           both fields parsed strictly as RFC 8941 Lists
+                         (t/lib/StructuredFields.pm; dies on a syntax
+                         error or a member that is not a String with
+                         exactly the draft's Integer parameters):
+                         { names => [ policy names in order ],
+                           NAME => { q, w, r, t } }, or undef when
+                         neither field is present
 
 =cut
 
@@ -45,9 +52,11 @@ use Digest::SHA qw(sha256_hex);
 use Time::HiRes qw(time sleep);
 
 use DifyTest qw(uuid route ids_body build_request);
+use StructuredFields qw(sf_list sf_params_hash);
 
 our @EXPORT_OK = qw(fresh_key key_hash tat_key limit_key patch patch_bytes
-                    concurrent send_pending wait_for upstream_for rl policy);
+                    concurrent send_pending wait_for upstream_for rl policy
+                    limits);
 
 my $SEQ = 0;
 
@@ -166,6 +175,44 @@ sub policy {
     my $v = $res->{headers}{'ratelimit-policy'} // return {};
     $v =~ /^"default";q=(\d+);w=(\d+)$/ or return { raw => $v };
     return { q => $1, w => $2, raw => $v };
+}
+
+sub _members {
+    my ($field, $value, @want) = @_;
+    my @out;
+    for my $m (@{ sf_list($value) }) {
+        ref $m->{value} eq 'HASH' && $m->{value}{type} eq 'string'
+            or die "$field: a member is not a String\n";
+        my @keys = map { $_->[0] } @{ $m->{params} };
+        "@keys" eq "@want"
+            or die "$field: parameters \"@keys\", not \"@want\"\n";
+        $_->[1]{type} eq 'integer' && $_->[1]{value} >= 0
+            or die "$field: $_->[0] is not a non-negative Integer\n"
+            for @{ $m->{params} };
+        push @out, [ $m->{value}{value}, sf_params_hash($m) ];
+    }
+    return @out;
+}
+
+sub limits {
+    my ($res) = @_;
+    my $p = $res->{headers}{'ratelimit-policy'};
+    my $l = $res->{headers}{ratelimit};
+    return undef unless defined $p || defined $l;
+    die "RateLimit-Policy without RateLimit, or the reverse\n"
+        unless defined $p && defined $l;
+    my @p = _members('RateLimit-Policy', $p, qw(q w));
+    my @l = _members('RateLimit', $l, qw(r t));
+    my @pn = map { $_->[0] } @p;
+    my @ln = map { $_->[0] } @l;
+    die "the fields list other limits: @pn / @ln\n" unless "@pn" eq "@ln";
+    my %seen;
+    $seen{$_}++ and die "limit $_ listed twice\n" for @pn;
+    my $out = { names => \@pn };
+    for my $i (0 .. $#p) {
+        $out->{ $pn[$i] } = { %{ $p[$i][1] }, %{ $l[$i][1] } };
+    }
+    return $out;
 }
 
 1;

@@ -69,7 +69,9 @@ test dies.
   $t->start_nginx(http   => $snippet, %opt)  # inside http {}
   $t->start_nginx(conf   => $full_conf)      # whole file (placeholders only)
 
-Options: C<main> (main-context directives), C<events> (directives
+Options: C<preload> (a library for LD_PRELOAD, before a sanitizer's),
+C<env> (a hashref of environment variables for nginx), C<main>
+(main-context directives), C<events> (directives
 inside events{}, e.g. "accept_mutex on;"), C<workers> (default 1),
 C<upstream_block> (default 1: defines C<upstream upstream { server
 127.0.0.1:%%UPSTREAM_PORT%%; }> in http{}, so C<proxy_pass http://upstream;>
@@ -682,9 +684,16 @@ sub _try_start {
             "--log-file=$dir/san/valgrind.%p.log", @supp;
     }
 
+    # preload => 'lib.so', env => { extra }; the library goes before a
+    # sanitizer's (libfaketime after libasan hangs at start; ASan runs
+    # with verify_asan_link_order=0)
+    my %env = ($self->_sanitizer_env, %{ $a{env} // {} });
+    $env{LD_PRELOAD} = join ' ', grep { defined && length }
+        ($a{preload}, $env{LD_PRELOAD}) if $a{preload};
+
     my $p = $self->_spawn('nginx', \@cmd,
         output => "$dir/nginx.stderr",
-        env => { $self->_sanitizer_env });
+        env => \%env);
 
     my $deadline = time + timeout(20);
     my @pending = @listen;

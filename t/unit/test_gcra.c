@@ -139,7 +139,13 @@ test_interval(void **state)
     l = lim(1, 0, 1);
     assert_int_equal(dify_gcra_interval(&l), 1000000);
     l = lim(1, UINT64_MAX, 1);
-    assert_int_equal(dify_gcra_interval(&l), 3600000000ULL);
+    assert_int_equal(dify_gcra_interval(&l), 86400000000ULL);
+
+    /* a day */
+    l = lim(1, 86400, 1);
+    assert_int_equal(dify_gcra_interval(&l), 86400000000ULL);
+    l = lim(7, 86400, 1);
+    assert_int_equal(dify_gcra_interval(&l), 12342857142ULL);  /* floor */
 }
 
 
@@ -441,8 +447,132 @@ test_extremes(void **state)
     l = lim(UINT64_MAX, UINT64_MAX, UINT64_MAX);
     assert_int_equal(decide(&tat, T0, l, 1, &res), DIFY_GCRA_ALLOWED);
     assert_int_equal(res.limit.rate, 1000000);
-    assert_int_equal(res.limit.period, 3600);
+    assert_int_equal(res.limit.period, 86400);
     assert_int_equal(res.limit.burst, 1000000);
+
+    /*
+     * r/d at the caps: 1 r/d (T = 8.64e10 us), the burst capped so that
+     * tol <= 3.6e15 (41666 units: 3.5999e15 us), every value below 2^53
+     */
+
+    l = lim(1, 86400, 1000000);
+    tat = 0;
+    assert_int_equal(decide(&tat, T0, l, 41666, &res), DIFY_GCRA_ALLOWED);
+    assert_int_equal(res.limit.burst, 41666);
+    assert_int_equal(res.reset, 41666ULL * 86400000000ULL);
+    assert_int_equal(res.remaining, 0);
+    assert_int_equal(tat, T0 + (int64_t) (41666ULL * 86400000000ULL));
+    assert_int_equal(decide(&tat, T0, l, 41666, &res), DIFY_GCRA_LIMITED);
+    assert_int_equal(res.retry, 41666ULL * 86400000000ULL);
+    assert_true(res.reset + 41666ULL * 86400000000ULL < (1ULL << 53));
+    assert_int_equal(decide(&tat, T0, l, 41667, &res), DIFY_GCRA_NEVER);
+
+    /* a second later: still nothing; a day later: one unit */
+
+    assert_int_equal(decide(&tat, T0 + 1000000, l, 1, &res),
+                     DIFY_GCRA_LIMITED);
+    assert_int_equal(res.retry, 86400000000ULL - 1000000);
+    assert_int_equal(decide(&tat, T0 + 86400000000LL, l, 1, &res),
+                     DIFY_GCRA_ALLOWED);
+    assert_int_equal(res.remaining, 0);
+
+    /* 1e6 r/d: T = 86400 us, burst 1e6 */
+
+    l = lim(1000000, 86400, 1000000);
+    tat = 0;
+    assert_int_equal(decide(&tat, T0, l, 1000000, &res), DIFY_GCRA_ALLOWED);
+    assert_int_equal(res.reset, 86400000000ULL);
+    assert_int_equal(res.limit.burst, 1000000);
+}
+
+
+/* the units owed survive a change of the interval */
+
+static void
+test_units_kept(void **state)
+{
+    dify_gcra_state_t   st[2];
+    dify_gcra_limit_t   l[2];
+    dify_gcra_result_t  res[2];
+    uint64_t            costs[2];
+
+    (void) state;
+
+    /* 4 of 10 spent at 10 r/h (T = 360 s) */
+
+    l[0] = lim(10, 3600, 10);
+    st[0].tat = 0;
+    st[0].interval = 0;
+    costs[0] = 4;
+    assert_int_equal(dify_gcra_decide_all(st, T0, l, costs, 1, 0, res), 1);
+    assert_int_equal(st[0].interval, 360000000ULL);
+    assert_int_equal(res[0].remaining, 6);
+
+    /* then 100 r/h burst 10 (T = 36 s): still 6 left, not 10 */
+
+    l[0] = lim(100, 3600, 10);
+    assert_int_equal(dify_gcra_owed(&st[0], T0 + 1000, &l[0]),
+                     4 * 36000000ULL);
+    costs[0] = 0;
+    assert_int_equal(dify_gcra_decide_all(st, T0 + 1000, l, costs, 1, 0,
+                                          res), 1);
+    assert_int_equal(res[0].remaining, 6);
+    assert_int_equal(st[0].interval, 36000000ULL);
+
+    /* the unit being refilled counts whole: 3.5 units owed -> 4 */
+
+    st[0].tat = T0 + 1260000000LL;          /* 3.5 * 360 s */
+    st[0].interval = 360000000ULL;
+    assert_int_equal(dify_gcra_owed(&st[0], T0, &l[0]), 4 * 36000000ULL);
+
+    /* more units than the new burst: the bucket is empty, no more */
+
+    l[0] = lim(1, 86400, 2);
+    assert_int_equal(dify_gcra_owed(&st[0], T0, &l[0]),
+                     2 * 86400000000ULL);
+
+    /* the same interval: time, as always */
+
+    l[0] = lim(10, 3600, 10);
+    assert_int_equal(dify_gcra_owed(&st[0], T0, &l[0]), 1260000000ULL);
+
+    /* two limits, one refuses: neither is charged */
+
+    l[0] = lim(10, 1, 10);
+    l[1] = lim(2, 60, 2);
+    st[0].tat = 0;
+    st[0].interval = 0;
+    st[1].tat = T0 + 60000000LL;            /* 2 of 2 spent */
+    st[1].interval = 30000000ULL;
+    costs[0] = 1;
+    costs[1] = 1;
+    assert_int_equal(dify_gcra_decide_all(st, T0, l, costs, 2, 0, res), 0);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[0].remaining, 10);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_LIMITED);
+    assert_int_equal(st[0].tat, 0);
+    assert_int_equal(st[1].tat, T0 + 60000000LL);
+    assert_int_equal(dify_gcra_charged(res, 2), 0);
+
+    /* blocked: every limit, no state */
+
+    assert_int_equal(dify_gcra_decide_all(st, T0, l, costs, 2, 1, res), 0);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_BLOCKED);
+
+    /* a refund gives back exactly what a charge took */
+
+    st[0].tat = 0;
+    st[0].interval = 0;
+    costs[1] = 0;
+    st[1].tat = 0;
+    assert_int_equal(dify_gcra_decide_all(st, T0, l, costs, 2, 0, res), 1);
+    assert_int_equal(st[0].tat, T0 + 100000);
+    assert_int_equal(dify_gcra_refund(&st[0], T0 + 10, 1, 100000), 1);
+    st[0].tat = T0 + 300000;
+    st[0].interval = 100000;
+    assert_int_equal(dify_gcra_refund(&st[0], T0, 2, 100000), 0);
+    assert_int_equal(st[0].tat, T0 + 100000);
 }
 
 
@@ -502,7 +632,7 @@ test_parse_rate(void **state)
         "10r/s\n", "\t10r/s", "10\tr/s", "10rr/s", "10r/ss", "10r/sm",
         "0r/s", "0/m", "00/h", "1000001r/s", "99999999999999999999999r/s",
         "18446744073709551617r/s", "-1r/s", "+1r/s", "1.5r/s", "1e3r/s",
-        "0x10r/s", "10/d", "10r/d", "10 /", "10 r", "10r//s", "r10/s",
+        "0x10r/s", "10/D", "10r/dd", "10 /", "10 r", "10r//s", "r10/s",
         "10r/m/", "1 0r/s", "１0r/s"
     };
 
@@ -519,6 +649,8 @@ test_parse_rate(void **state)
     assert_true(rate_ok("1000000r/s", 1000000, 1));
     assert_true(rate_ok("0001000000r/h", 1000000, 3600));
     assert_true(rate_ok("0010/s", 10, 1));
+    assert_true(rate_ok("10/d", 10, 86400));
+    assert_true(rate_ok("10000 r/d", 10000, 86400));
 
     for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_true(rate_bad(bad[i], strlen(bad[i])));
@@ -786,7 +918,8 @@ test_parse_reply_ranges(void **state)
         { 1, LLONG_MAX, 1, 5, 0, 5, 0 },
         { 1, 10, 0, 5, 4, 100000, 0 },
         { 1, 10, -1, 5, 4, 100000, 0 },
-        { 1, 10, 3601, 5, 4, 100000, 0 },
+        { 1, 10, 86401, 5, 4, 100000, 0 },
+        { 1, 1, 86400, 41667, 41667, 0, 0 },        /* tol > 3.6e15 */
         { 1, 10, 1, 0, 0, 0, 0 },
         { 1, 10, 1, -5, 4, 100000, 0 },
         { 1, 10, 1, 1000001, 4, 100000, 0 },
@@ -986,7 +1119,7 @@ test_ratelimit_header(void **state)
     res.remaining = UINT64_MAX;
     res.reset = UINT64_MAX;
     dify_gcra_ratelimit_header(buf, sizeof(buf), &res);
-    assert_string_equal(buf, "\"default\";r=1000000;t=3601");
+    assert_string_equal(buf, "\"default\";r=1000000;t=86401");
 
     /* too small */
 
@@ -1081,6 +1214,7 @@ main(void)
         cmocka_unit_test(test_never),
         cmocka_unit_test(test_foreign_state),
         cmocka_unit_test(test_extremes),
+        cmocka_unit_test(test_units_kept),
         cmocka_unit_test(test_parse_rate),
         cmocka_unit_test(test_parse_reply_ok),
         cmocka_unit_test(test_parse_reply_errors),

@@ -61,6 +61,7 @@ typedef struct {
     const char         *key;                /* KEYS[1] */
     const char         *okey;               /* KEYS[2] */
     int64_t             tat;                /* the local copy, in us */
+    uint64_t            iv;                 /* and its interval */
     dify_gcra_limit_t   args;               /* ARGV 1-3 */
     dify_gcra_limit_t   limit;              /* expected: args + override */
 } test_key_t;
@@ -349,19 +350,21 @@ static redisReply *
 eval_raw(const char *key, const char *okey, const char *rate,
     const char *period, const char *burst, const char *cost)
 {
-    const char  *argv[9];
+    char         packed[256];
+    const char  *argv[7];
+
+    snprintf(packed, sizeof(packed), "default %s %s %s %s",
+             rate, period, burst, cost);
 
     argv[0] = "EVALSHA";
     argv[1] = tr.sha;
     argv[2] = "2";
-    argv[3] = key;
-    argv[4] = okey;
-    argv[5] = rate;
-    argv[6] = period;
-    argv[7] = burst;
-    argv[8] = cost;
+    argv[3] = okey;
+    argv[4] = key;
+    argv[5] = "c";
+    argv[6] = packed;
 
-    return redisCommandArgv(tr.c, 9, argv, NULL);
+    return redisCommandArgv(tr.c, 7, argv, NULL);
 }
 
 
@@ -374,32 +377,33 @@ static dify_gcra_verdict_e
 step(test_key_t *k, uint64_t cost, dify_gcra_result_t *out)
 {
     int                 i;
-    char                a[4][32];
+    char                a[160], *colon;
     int64_t             t0, t1, now, tat, stored;
-    uint64_t            t, tol;
+    int                 ends;
+    uint64_t            t, tol, stored_iv;
     long long           when;
     redisReply         *exec, *r;
+    dify_gcra_state_t   st;
     dify_gcra_result_t  got, exp;
-    const char         *argv[9], *err;
+    const char         *argv[7], *err;
 
-    snprintf(a[0], 32, "%llu", (unsigned long long) k->args.rate);
-    snprintf(a[1], 32, "%llu", (unsigned long long) k->args.period);
-    snprintf(a[2], 32, "%llu", (unsigned long long) k->args.burst);
-    snprintf(a[3], 32, "%llu", (unsigned long long) cost);
+    snprintf(a, sizeof(a), "default %llu %llu %llu %llu",
+             (unsigned long long) k->args.rate,
+             (unsigned long long) k->args.period,
+             (unsigned long long) k->args.burst,
+             (unsigned long long) cost);
 
     argv[0] = "EVALSHA";
     argv[1] = tr.sha;
     argv[2] = "2";
-    argv[3] = k->key;
-    argv[4] = k->okey;
-    argv[5] = a[0];
-    argv[6] = a[1];
-    argv[7] = a[2];
-    argv[8] = a[3];
+    argv[3] = k->okey;
+    argv[4] = k->key;
+    argv[5] = "c";
+    argv[6] = a;
 
     (void) redisAppendCommand(tr.c, "MULTI");
     (void) redisAppendCommand(tr.c, "TIME");
-    (void) redisAppendCommandArgv(tr.c, 9, argv, NULL);
+    (void) redisAppendCommandArgv(tr.c, 7, argv, NULL);
     (void) redisAppendCommand(tr.c, "GET %s", k->key);
     (void) redisAppendCommand(tr.c, "PEXPIRETIME %s", k->key);
     (void) redisAppendCommand(tr.c, "TIME");
@@ -425,9 +429,23 @@ step(test_key_t *k, uint64_t cost, dify_gcra_result_t *out)
         fail_msg("script reply rejected: %s", err);
     }
 
+    /* the state: "TAT.IIIIIIIIIII" */
+
     r = exec->element[2];
-    stored = (r->type == REDIS_REPLY_STRING) ? strtoll(r->str, NULL, 10) : 0;
+    stored = 0;
+    stored_iv = 0;
+
+    if (r->type == REDIS_REPLY_STRING) {
+        stored = strtoll(r->str, &colon, 10);
+
+        if (*colon == '.') {
+            assert_int_equal(strlen(colon + 1), 11);
+            stored_iv = strtoull(colon + 1, NULL, 10);
+        }
+    }
+
     when = exec->element[3]->integer;
+    ends = 0;
 
     /* the limit in force: ARGV clamped, then the override */
 
@@ -461,6 +479,17 @@ step(test_key_t *k, uint64_t cost, dify_gcra_result_t *out)
         now = k->tat - (int64_t) got.reset;
         assert_true(now >= t0 && now <= t1);
 
+    } else if (got.reset > 0 && k->iv != 0 && k->iv != t) {
+
+        /*
+         * owed in units of another interval: a step function of the
+         * script's "now", which lies in [t0, t1]; one of the ends gives
+         * the same units
+         */
+
+        now = t0;
+        ends = 1;
+
     } else if (got.reset > 0) {
         now = k->tat - (int64_t) got.reset;
 
@@ -473,7 +502,20 @@ step(test_key_t *k, uint64_t cost, dify_gcra_result_t *out)
     }
 
     tat = k->tat;
-    dify_gcra_decide(&k->tat, now, &k->limit, cost, &exp);
+    st.tat = k->tat;
+    st.interval = k->iv;
+
+    if (dify_gcra_decide_all(&st, now, &k->limit, &cost, 1, 0, &exp)) {
+        k->tat = st.tat;
+        k->iv = st.interval;
+    }
+
+    if (ends && (got.verdict != exp.verdict || got.reset != exp.reset)) {
+        now = t1;
+        st.tat = k->tat;
+        st.interval = k->iv;
+        (void) dify_gcra_decide_all(&st, now, &k->limit, &cost, 1, 0, &exp);
+    }
 
     if (got.verdict != exp.verdict || got.remaining != exp.remaining
         || got.reset != exp.reset || got.retry != exp.retry)
@@ -494,6 +536,7 @@ step(test_key_t *k, uint64_t cost, dify_gcra_result_t *out)
 
     if (got.verdict == DIFY_GCRA_ALLOWED && got.reset > 0) {
         assert_int_equal(stored, k->tat);
+        assert_int_equal(stored_iv, t);
 
     } else if (got.verdict != DIFY_GCRA_ALLOWED) {
         assert_int_equal(k->tat, tat);
@@ -516,6 +559,7 @@ key_init(test_key_t *k, const char *key, const char *okey,
     k->key = key;
     k->okey = okey;
     k->tat = 0;
+    k->iv = 0;
     k->args = args;
     k->limit = args;
 }
@@ -640,7 +684,7 @@ test_noscript(void **state)
 
     /* EVAL with the text works the same */
 
-    reply = cmd("EVAL %s 2 k o 10 1 5 1", dify_gcra_script);
+    reply = cmd("EVAL %s 2 o k c %s", dify_gcra_script, "default 10 1 5 1");
     assert_int_equal(dify_gcra_parse_reply(reply, &res, NULL, NULL),
                      DIFY_REPLY_OK);
     assert_int_equal(res.verdict, DIFY_GCRA_ALLOWED);
@@ -892,15 +936,22 @@ test_overrides(void **state)
     assert_int_equal(step(&k, 1, &res), DIFY_GCRA_ALLOWED);
     assert_int_equal(step(&k, 1, &res), DIFY_GCRA_LIMITED);
 
-    /* a lower limit on a key in debt: the debt is capped at one bucket */
+    /*
+     * a lower limit on a key in debt (2 units at 0.6 s): the units are
+     * kept, at most one bucket of the new limit (1 unit at 1 ms)
+     */
 
     override(&k, "1000r/s", 7, "1");
     assert_int_equal(step(&k, 1, &res), DIFY_GCRA_LIMITED);
     assert_int_equal(res.reset, 1000);
     assert_int_equal(res.retry, 1000);
+
+    /* back to 10 r/s burst 5: the 2 units, not 1.2 s of debt (12 units) */
+
     override(&k, NULL, 0, NULL);
-    assert_int_equal(step(&k, 1, &res), DIFY_GCRA_LIMITED);
-    assert_int_equal(res.reset, 500000);
+    assert_int_equal(step(&k, 1, &res), DIFY_GCRA_ALLOWED);
+    assert_int_equal(res.reset, 300000);
+    assert_int_equal(res.remaining, 2);
 }
 
 
@@ -1006,6 +1057,7 @@ test_foreign_state(void **state)
     for (i = 0; i < sizeof(ahead) / sizeof(ahead[0]); i++) {
         cmd_ok("SET f:tat %s", ahead[i]);
         k.tat = INT64_MAX;
+        k.iv = 0;
         assert_int_equal(step(&k, 1, &res), DIFY_GCRA_LIMITED);
         assert_int_equal(res.reset, 500000);
         assert_int_equal(res.retry, 100000);
@@ -1035,6 +1087,149 @@ test_foreign_state(void **state)
     reply = eval_raw("f:tat", "f:lim", "10", "1", "5", "1");
     assert_int_equal(dify_gcra_parse_reply(reply, &res, NULL, NULL),
                      DIFY_REPLY_ERROR);
+    freeReplyObject(reply);
+}
+
+
+/*
+ * Two limits of one key in one call: one refuses, neither is charged;
+ * both admit, both are; "r" gives the units back; and a state as an
+ * older node's script reads it (tonumber, floor) is its TAT.
+ */
+
+static void
+test_several(void **state)
+{
+    char                 *dot;
+    int64_t               tat0, tat1;
+    redisReply           *reply;
+    dify_gcra_result_t    res[2];
+
+    (void) state;
+
+    if (tr.missing) {
+        skip();
+    }
+
+    cmd_ok("DEL s:lim s:tat s:tat:day");
+
+    /* default 10 r/s burst 5, day 2 r/d burst 1: the day admits once */
+
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
+                "default 10 1 5 1 day 2 86400 1 1");
+    assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
+                     DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_charged(res, 2), 1);
+    assert_int_equal(res[0].remaining, 4);
+    assert_int_equal(res[1].remaining, 0);
+    assert_int_equal(res[1].reset, 43200000000ULL);
+    freeReplyObject(reply);
+
+    reply = cmd("GET s:tat");
+    tat0 = strtoll(reply->str, &dot, 10);
+    assert_string_equal(dot, ".00000100000");
+    freeReplyObject(reply);
+
+    reply = cmd("GET s:tat:day");
+    tat1 = strtoll(reply->str, &dot, 10);
+    assert_string_equal(dot, ".43200000000");
+    freeReplyObject(reply);
+
+    /* the day refuses: the default is not charged */
+
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
+                "default 10 1 5 1 day 2 86400 1 1");
+    assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
+                     DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_charged(res, 2), 0);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_LIMITED);
+    freeReplyObject(reply);
+
+    reply = cmd("GET s:tat");
+    assert_int_equal(strtoll(reply->str, NULL, 10), tat0);
+    freeReplyObject(reply);
+
+    /* per-limit overrides: day.burst 3; the block is every limit's */
+
+    cmd_ok("HSET s:lim day.burst 3");
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
+                "default 10 1 5 1 day 2 86400 1 1");
+    assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
+                     DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_charged(res, 2), 1);
+    assert_int_equal(res[1].limit.burst, 3);
+    assert_int_equal(res[1].remaining, 1);
+    freeReplyObject(reply);
+
+    cmd_ok("HSET s:lim blocked 1");
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
+                "default 10 1 5 1 day 2 86400 1 1");
+    assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
+                     DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_BLOCKED);
+    freeReplyObject(reply);
+    cmd_ok("HDEL s:lim blocked");
+
+    /* "r": one unit back to each, at each state's own interval */
+
+    reply = cmd("GET s:tat:day");
+    tat1 = strtoll(reply->str, NULL, 10);
+    freeReplyObject(reply);
+
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day r %s", tr.sha,
+                "1 100000 1 43200000000");
+    assert_int_equal(reply->type, REDIS_REPLY_INTEGER);
+    assert_int_equal(reply->integer, 2);
+    freeReplyObject(reply);
+
+    reply = cmd("GET s:tat:day");
+    assert_int_equal(strtoll(reply->str, NULL, 10), tat1 - 43200000000LL);
+    freeReplyObject(reply);
+
+    /* a refund past the state empties it: the bucket is full */
+
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day r %s", tr.sha,
+                "100 100000 100 43200000000");
+    assert_int_equal(reply->integer, 2);
+    freeReplyObject(reply);
+    reply = cmd("EXISTS s:tat s:tat:day");
+    assert_int_equal(reply->integer, 0);
+    freeReplyObject(reply);
+
+    /* bad arguments: the packed list must match the keys */
+
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
+                "default 10 1 5 1");
+    assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
+                     DIFY_REPLY_ERROR);
+    freeReplyObject(reply);
+    reply = cmd("EVALSHA %s 2 s:lim s:tat c %s", tr.sha,
+                "default  10 1 5 1");
+    assert_int_equal(reply->type, REDIS_REPLY_ERROR);
+    freeReplyObject(reply);
+    reply = cmd("EVALSHA %s 2 s:lim s:tat c %s", tr.sha,
+                "de.fault 10 1 5 1");
+    assert_int_equal(reply->type, REDIS_REPLY_ERROR);
+    freeReplyObject(reply);
+
+    /*
+     * the script of the version before r/d reads a state with
+     * tonumber() and floors what it owes: the TAT, not less
+     */
+
+    reply = cmd("EVALSHA %s 2 s:lim s:tat c %s", tr.sha,
+                "default 1 86400 5 1");
+    freeReplyObject(reply);
+    reply = cmd("GET s:tat");
+    tat0 = strtoll(reply->str, NULL, 10);
+    freeReplyObject(reply);
+    reply = cmd("EVAL %s 1 s:tat",
+                "return string.format('%.0f', math.floor("
+                "tonumber(redis.call('GET', KEYS[1]))))");
+    assert_int_equal(reply->type, REDIS_REPLY_STRING);
+    assert_int_equal(strtoll(reply->str, NULL, 10), tat0);
     freeReplyObject(reply);
 }
 
@@ -1072,7 +1267,7 @@ test_arguments(void **state)
 
     /* missing ARGV, wrong numkeys */
 
-    reply = cmd("EVALSHA %s 2 a:tat a:lim 10 1 5", tr.sha);
+    reply = cmd("EVALSHA %s 2 a:lim a:tat c %s", tr.sha, "default 10 1 5");
     assert_int_equal(dify_gcra_parse_reply(reply, &res, NULL, NULL),
                      DIFY_REPLY_ERROR);
     freeReplyObject(reply);
@@ -1084,9 +1279,21 @@ test_arguments(void **state)
     assert_int_equal(step(&k, 1, &res), DIFY_GCRA_ALLOWED);
 
     key_init(&k, "a2:tat", "a2:lim", lim(99999999, 99999999, 99999999));
-    k.limit = lim(1000000, 3600, 1000000);
+    k.limit = lim(1000000, 86400, 1000000);
     assert_int_equal(step(&k, 1000000, &res), DIFY_GCRA_ALLOWED);
-    assert_int_equal(res.reset, 3600000000ULL);
+    assert_int_equal(res.reset, 86400000000ULL);
+
+    /* r/d at the caps: 1 r/d, the burst capped to 41666 (tol < 3.6e15) */
+
+    key_init(&k, "a4:tat", "a4:lim", lim(1, 86400, 1000000));
+    k.limit = lim(1, 86400, 41666);
+    assert_int_equal(step(&k, 41667, &res), DIFY_GCRA_NEVER);
+    assert_int_equal(step(&k, 41666, &res), DIFY_GCRA_ALLOWED);
+    assert_int_equal(res.reset, 41666ULL * 86400000000ULL);
+    assert_int_equal(step(&k, 41666, &res), DIFY_GCRA_LIMITED);
+    assert_true(res.retry <= 41666ULL * 86400000000ULL);
+    assert_true(res.retry > 41666ULL * 86400000000ULL - 1000000);
+    assert_int_equal(step(&k, 0, &res), DIFY_GCRA_ALLOWED);
 
     /* the largest tolerance: 1e6 units of 1 per hour, 3.6e15 us */
 
@@ -1192,6 +1399,7 @@ main(void)
         cmocka_unit_test_setup(test_blocked, test_setup),
         cmocka_unit_test_setup(test_foreign_state, test_setup),
         cmocka_unit_test_setup(test_arguments, test_setup),
+        cmocka_unit_test_setup(test_several, test_setup),
         cmocka_unit_test_setup(test_random_agreement, test_setup),
     };
 
