@@ -39,7 +39,12 @@ mkfifo("$dir/fifo.log", 0600) or die "mkfifo: $!";
 sysopen(my $fifo, "$dir/fifo.log", O_RDONLY | O_NONBLOCK)
     or die "open fifo: $!";
 
-$t->start_nginx(http => q{
+# a syslog server
+my $syslog = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                   Proto => 'udp') or die "udp: $!";
+my $syslog_port = $syslog->sockport;
+
+my $http = q{
     server {
         listen 127.0.0.1:%%PORT%%;
         access_log off;
@@ -50,7 +55,31 @@ $t->start_nginx(http => q{
             proxy_pass http://upstream;
         }
     }
-});
+
+    # more files than the 4 buffers, syslog, memory, and a log whose
+    # level the line is not at
+    server {
+        listen 127.0.0.1:%%PORT2%%;
+        access_log off;
+        error_log %%DIR%%/c1.log error;
+        error_log %%DIR%%/c2.log warn;
+        error_log %%DIR%%/c3.log notice;
+        error_log %%DIR%%/c4.log info;
+        error_log %%DIR%%/c5.log error;
+        error_log %%DIR%%/c6.log error;
+        error_log %%DIR%%/crit.log crit;
+        error_log syslog:server=127.0.0.1:SYSLOG_PORT,tag=difytest error;
+        error_log memory:1m error;
+
+        location /v1/ {
+            dify_status on;
+            proxy_pass http://upstream;
+        }
+    }
+};
+$http =~ s/SYSLOG_PORT/$syslog_port/;
+
+$t->start_nginx(http => $http);
 
 my $port = $t->port('PORT');
 
@@ -61,10 +90,12 @@ sub slurp {
     return <$fh> // '';
 }
 
-# a refused request (a bad action: 400) whose line is about 2 KB long
+# a refused request (a bad action: 400); its line is about 2 KB long with
+# the default padding
 sub request_bytes {
-    my ($i) = @_;
-    my $path = route(uuid(1), 'explode') . '?pad=' . ('x' x 1500) . "&i=$i";
+    my ($i, $pad) = @_;
+    my $path = route(uuid(1), 'explode') . '?pad=' . ('x' x ($pad // 1500))
+             . "&i=$i";
     my $body = '{"document_ids":["' . uuid(2) . '"]}';
     return "PATCH $path HTTP/1.1\r\nHost: 127.0.0.1:$port\r\n"
          . "Authorization: Bearer dataset-logtest\r\n"
@@ -106,9 +137,9 @@ my $LINE = qr{^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[error\] \d+#\d+: \*\d+ dify_stat
 
 SKIP: {
     my ($worker) = $t->worker_pids;
-    skip 'no /proc/PID/syscall', 3
+    skip 'no /proc/PID/syscall', 4
         unless defined $worker && -r "/proc/$worker/syscall";
-    skip 'valgrind: the worker is valgrind\'s process', 3
+    skip 'valgrind: the worker is valgrind\'s process', 4
         if DifyTest->valgrind;
 
     my @s = map { connect_one() } 1 .. $N;
@@ -179,6 +210,211 @@ SKIP: {
     close $_ for @s;
 }
 
+# --- a chain of 6 files, syslog, memory; clients gone before the flush -----
+
+{
+    my $port2 = $t->port('PORT2');
+    my ($worker) = $t->worker_pids;
+    my $M = 60;
+
+    my @s = map {
+        IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port2", Proto => 'tcp',
+                              Timeout => 5) or die "connect: $!"
+    } 1 .. $M;
+    $_->autoflush(1) for @s;
+    sleep DifyTest::timeout(0.5);
+
+    # half the clients close right after sending: the request is gone
+    # (finalized, its pool freed) before the end of the pass writes
+    kill 'STOP', $worker;
+    for my $i (0 .. $#s) {
+        my $req = request_bytes("c$i", 100);
+        $req =~ s/:\Q$port\E\r\n/:$port2\r\n/;
+        print {$s[$i]} $req;
+        close $s[$i] if $i % 2;
+    }
+    sleep 0.2;
+    kill 'CONT', $worker;
+
+    my $ok = 0;
+    for my $i (grep { !($_ % 2) } 0 .. $#s) {
+        my $buf = '';
+        my $until = time + DifyTest::timeout(10);
+        while (time < $until && $buf !~ m{\r\n\r\n}) {
+            my $n = sysread($s[$i], $buf, 65536, length $buf);
+            last unless $n;
+        }
+        $ok++ if $buf =~ m{^HTTP/1\.1 400 };
+        close $s[$i];
+    }
+    is($ok, $M / 2, 'the clients that stayed got their 400');
+
+    my $line2 = qr{^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[error\] \d+#\d+: \*\d+ dify_status: 400 invalid_action "[^"]+", key "[0-9a-f]{12}", client: 127\.0\.0\.1, server: , request: "PATCH /v1/datasets/[^ ]+&i=c(\d+) HTTP/1\.1", host: "127\.0\.0\.1:\d+"\n\z};
+
+    my $deadline = time + DifyTest::timeout(10);
+    for my $f (qw(c1 c2 c3 c4 c5 c6)) {
+        my @l;
+        while (1) {
+            @l = grep { /dify_status:/ } split /^/, slurp("$dir/$f.log");
+            last if @l >= $M || time > $deadline;
+            sleep 0.05;
+        }
+        my %i = map { /$line2/ ? ($1 => 1) : () } @l;
+        is(scalar @l, $M, "$f.log: $M lines");
+        is(scalar keys %i, $M, "$f.log: each whole, one per request");
+    }
+
+    is(scalar(grep { /dify_status:/ } split /^/, slurp("$dir/crit.log")), 0,
+       'crit.log: none (the line is at error)');
+
+    my %sys;
+    $syslog->blocking(0);
+    my $until = time + DifyTest::timeout(5);
+    while (keys %sys < $M && time < $until) {
+        my $d;
+        if (defined $syslog->recv($d, 65536) && length $d) {
+            $sys{$1}++ if $d =~ /difytest: .*dify_status: 400 .*&i=c(\d+) HTTP/;
+            next;
+        }
+        sleep 0.02;
+    }
+    is(scalar keys %sys, $M, "syslog: $M datagrams, one per request");
+    is(scalar(grep { $_ != 1 } values %sys), 0, 'syslog: none twice');
+}
+
+# --- the worker told to exit (SIGTERM, SIGQUIT) right after a pass --------
+
+for my $sig (qw(TERM QUIT)) {
+    my $port2 = $t->port('PORT2');
+    my ($worker) = $t->worker_pids;
+    my $M = 30;
+
+    my $before = grep { /dify_status:/ } split /^/, slurp("$dir/c1.log");
+
+    my @s = map {
+        IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port2", Proto => 'tcp',
+                              Timeout => 5) or die "connect: $!"
+    } 1 .. $M;
+    $_->autoflush(1) for @s;
+    sleep DifyTest::timeout(0.5);
+
+    kill 'STOP', $worker;
+    for my $i (0 .. $#s) {
+        my $req = request_bytes("$sig$i", 100);
+        $req =~ s/:\Q$port\E\r\n/:$port2\r\n/;
+        print {$s[$i]} $req;
+    }
+    sleep 0.2;
+    kill 'CONT', $worker;
+    sleep 0.001;
+    kill $sig, $worker;
+
+    my %answered;
+    for my $i (0 .. $#s) {
+        my $buf = '';
+        my $until = time + DifyTest::timeout(10);
+        while (time < $until && $buf !~ m{\r\n\r\n}) {
+            my $n = sysread($s[$i], $buf, 65536, length $buf);
+            last unless $n;
+        }
+        $answered{$i} = 1 if $buf =~ m{^HTTP/1\.1 400 };
+        close $s[$i];
+    }
+
+    # the master starts a new worker
+    my $deadline = time + DifyTest::timeout(10);
+    sleep 0.05 while time < $deadline
+        && !grep { $_ != $worker } $t->worker_pids;
+
+    my %logged;
+    $logged{$_}++ for map { /&i=$sig(\d+) HTTP/ ? $1 : () }
+                      split /^/, slurp("$dir/c1.log");
+    note("SIG$sig: " . scalar(keys %answered) . " answered, "
+         . scalar(keys %logged) . " logged");
+    is(scalar(grep { !$logged{$_} } keys %answered), 0,
+       "SIG$sig: every request answered has its line");
+    is(scalar(grep { $_ != 1 } values %logged), 0,
+       "SIG$sig: no line twice");
+}
+
 $t->done;
 close $fifo;
+
+# --- two workers, one pipe: their lines must not interleave ----------------
+
+SKIP: {
+    skip 'valgrind: one process', 3 if DifyTest->valgrind;
+
+    my $t2 = DifyTest->new(log_level => 'error');
+    my $dir2 = $t2->dir;
+    mkfifo("$dir2/fifo.log", 0600) or die "mkfifo: $!";
+    sysopen(my $rd, "$dir2/fifo.log", O_RDONLY | O_NONBLOCK)
+        or die "open fifo: $!";
+
+    $t2->start_nginx(workers => 2, http => q{
+        server {
+            listen 127.0.0.1:%%PORT%% reuseport;
+            access_log off;
+            error_log %%DIR%%/fifo.log error;
+
+            location /v1/ {
+                dify_status on;
+                proxy_pass http://upstream;
+            }
+        }
+    });
+
+    $port = $t2->port('PORT');
+    my @w = $t2->worker_pids;
+    is(scalar @w, 2, 'two workers');
+
+    my $M = 160;
+    my @s = map { connect_one() } 1 .. $M;
+    sleep DifyTest::timeout(0.5);
+
+    kill 'STOP', @w;
+    my $i = 0;
+    print {$_} request_bytes("w" . $i++) for @s;
+    sleep 0.2;
+    kill 'CONT', @w;
+
+    # the pipe fills; then it is read a little at a time, so that both
+    # workers, waiting in write(), take turns
+    my $out = '';
+    my $deadline = time + DifyTest::timeout(30);
+    my $quiet = 0;
+    while (time < $deadline && $quiet < 50) {
+        sleep 0.01;
+        my $n = sysread($rd, $out, 1500, length $out);
+        $quiet = $n ? 0 : $quiet + 1;
+    }
+
+    my $ok = 0;
+    for my $s (@s) {
+        my $buf = '';
+        $s->blocking(0);
+        my $until = time + DifyTest::timeout(5);
+        while (time < $until && $buf !~ m{\r\n\r\n}) {
+            my $n = sysread($s, $buf, 65536, length $buf);
+            last if defined $n && $n == 0;
+            sleep 0.01 unless $n;
+        }
+        $ok++ if $buf =~ m{^HTTP/1\.1 400 };
+        close $s;
+    }
+    is($ok, $M, "$M refused requests, $M answers");
+
+    my @lines = split /^/, $out;
+    my %pids = map { /^\S+ \S+ \[error\] (\d+)#/ ? ($1 => 1) : () } @lines;
+    note(scalar(@lines) . " lines from " . scalar(keys %pids) . " workers");
+    my @torn = grep { !/$LINE/ } @lines;
+    is(scalar @torn, 0, 'two workers, one pipe: every line whole')
+        or diag(scalar(@torn) . " torn of " . scalar(@lines) . ", e.g.:\n"
+                . join('', map { substr($_, 0, 160) . "...\n" }
+                                @torn[0 .. ($#torn < 2 ? $#torn : 2)]));
+
+    $t2->done;
+    close $rd;
+}
+
 done_testing;
