@@ -417,4 +417,85 @@ SKIP: {
     close $rd;
 }
 
+# --- levels: a log above the line's level, debug_connection ---------------
+
+{
+    my $t3 = DifyTest->new(log_level => 'error');
+    my $dir3 = $t3->dir;
+
+    $t3->start_nginx(events => 'debug_connection 127.0.0.2;', http => q{
+        server {
+            listen 127.0.0.1:%%PORT%%;
+            access_log off;
+            error_log %%DIR%%/crit.log crit;
+            error_log %%DIR%%/error3.log error;
+
+            location /v1/ {
+                dify_status on;
+                proxy_pass http://upstream;
+            }
+
+            location /deny/v1/ {
+                deny all;
+            }
+        }
+
+        server {
+            listen 127.0.0.1:%%PORT2%%;
+            access_log off;
+            error_log %%DIR%%/notice.log notice;
+
+            location /v1/ {
+                dify_status on;
+                dify_status_log_level info;
+                proxy_pass http://upstream;
+            }
+        }
+    });
+
+    my $one = sub {
+        my ($from, $p, $prefix, $tag) = @_;
+        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$p",
+                                      LocalAddr => $from, Proto => 'tcp',
+                                      Timeout => 5) or die "connect: $!";
+        $s->autoflush(1);
+        $port = $p;
+        my $req = request_bytes($tag, 10);
+        $req =~ s{^PATCH /}{PATCH $prefix/};
+        print $s $req;
+        my $buf = '';
+        my $until = time + DifyTest::timeout(10);
+        while (time < $until && $buf !~ m{\r\n\r\n}) {
+            my $n = sysread($s, $buf, 65536, length $buf);
+            last unless $n;
+        }
+        close $s;
+        return $buf =~ m{^HTTP/1\.1 (\d+)} ? $1 : 0;
+    };
+
+    my $p1 = $t3->port('PORT');
+    my $p2 = $t3->port('PORT2');
+
+    is($one->('127.0.0.1', $p1, '', 'plain'), 400, 'refused');
+    is($one->('127.0.0.1', $p1, '/deny', 'plaindeny'), 403, 'denied');
+    is($one->('127.0.0.2', $p1, '', 'dbg'), 400, 'refused, debug_connection');
+    is($one->('127.0.0.2', $p1, '/deny', 'dbgdeny'), 403,
+       'denied, debug_connection');
+    is($one->('127.0.0.1', $p2, '', 'quiet'), 400, 'refused, level info');
+    sleep 0.3;
+
+    my $crit = slurp("$dir3/crit.log");
+    my $err = slurp("$dir3/error3.log");
+    unlike($crit, qr/i=plain /, 'crit log: no line at error');
+    like($err, qr/dify_status: 400 .*i=plain /, 'error log: the line');
+    like($crit, qr/access forbidden.*dbgdeny/,
+         'debug_connection: nginx\'s own line in the crit log');
+    like($crit, qr/dify_status: 400 .*i=dbg /,
+         'debug_connection: the rejection line there too');
+    unlike(slurp("$dir3/notice.log"), qr/dify_status:/,
+           'dify_status_log_level info, error_log notice: no line');
+
+    $t3->done;
+}
+
 done_testing;
