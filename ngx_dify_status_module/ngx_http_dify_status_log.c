@@ -34,6 +34,7 @@ typedef struct {
     u_char                    *start;
     u_char                    *pos;
     time_t                     disk_full_time;
+    ngx_uint_t                 direct;  /* not a regular file */
 } ngx_http_dify_log_buf_t;
 
 
@@ -158,10 +159,20 @@ ngx_http_dify_log(ngx_uint_t level, ngx_log_t *log, const char *fmt, ...)
 }
 
 
+/*
+ * A pipe (stderr under docker, a FIFO), a tty or a socket gets each line
+ * at once, as from ngx_log_error(): a line is under PIPE_BUF, so its
+ * write() is atomic, while one of a whole buffer is not: on a full pipe
+ * it writes what fits and returns that on a signal, cutting a line, and
+ * the writes of two workers interleave.
+ */
+
 static void
 ngx_http_dify_log_append(ngx_http_dify_log_buf_t *b, ngx_open_file_t *file,
     u_char *line, size_t len)
 {
+    ngx_file_info_t  fi;
+
     if (b->file == file && b->disk_full_time == ngx_time()) {
         return;
     }
@@ -170,14 +181,23 @@ ngx_http_dify_log_append(ngx_http_dify_log_buf_t *b, ngx_open_file_t *file,
         b->file = file;
         b->pos = b->start;
         b->disk_full_time = 0;
+        b->direct = ngx_fd_info(file->fd, &fi) != NGX_FILE_ERROR
+                    && !ngx_is_file(&fi);
     }
 
-    if ((size_t) (b->start + NGX_HTTP_DIFY_LOG_BUFFER - b->pos) < len) {
-        ngx_http_dify_log_write(b);
-        b->file = file;
+    if (b->direct) {
+        (void) ngx_write_fd(file->fd, line, len);
+
+    } else {
+        if ((size_t) (b->start + NGX_HTTP_DIFY_LOG_BUFFER - b->pos) < len) {
+            ngx_http_dify_log_write(b);
+            b->file = file;
+        }
+
+        b->pos = ngx_cpymem(b->pos, line, len);
     }
 
-    b->pos = ngx_cpymem(b->pos, line, len);
+    /* the slot, direct or not, is freed at the end of the pass */
 
     if (!ngx_http_dify_log_flush.posted) {
         ngx_post_event(&ngx_http_dify_log_flush, &ngx_posted_events);
@@ -243,6 +263,7 @@ ngx_http_dify_log_init_process(ngx_cycle_t *cycle)
         ngx_http_dify_log_bufs[i].start = p + i * NGX_HTTP_DIFY_LOG_BUFFER;
         ngx_http_dify_log_bufs[i].pos = ngx_http_dify_log_bufs[i].start;
         ngx_http_dify_log_bufs[i].disk_full_time = 0;
+        ngx_http_dify_log_bufs[i].direct = 0;
     }
 
     ngx_memzero(&ngx_http_dify_log_flush, sizeof(ngx_event_t));

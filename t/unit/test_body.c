@@ -1848,6 +1848,140 @@ test_fast_mutations(void **state)
 }
 
 
+/*
+ * Tester's cases (t11): ids of every printable byte in "any" mode past
+ * the stack's 32 (the heap path), ids equal but for case or length,
+ * duplicates at either end, separators JSON does not know, and every
+ * prefix of a common body (validate() copies exactly len bytes: ASan
+ * sees a read past the end).
+ */
+
+static void
+test_fast_break(void **state)
+{
+    char                *c, *p;
+    size_t               i, k, len;
+    dify_body_rc_e       rc;
+    dify_body_result_t   res;
+
+    static char          b[4096];
+
+    static const char  *seps[] = {
+        "\f", "\v", "\xc2\xa0", "\xef\xbb\xbf", "/**/", "\x1c", "\xc2\x85"
+    };
+
+    (void) state;
+
+    /* 92 ids "!".."~" without '"' and '\\', each once: no duplicate */
+
+    p = b + sprintf(b, "{\"document_ids\":[");
+
+    for (i = 0x21; i < 0x7f; i++) {
+        if (i == '"' || i == '\\') {
+            continue;
+        }
+
+        p += sprintf(p, "%s\"%c\"", p[-1] == '[' ? "" : ",", (int) i);
+    }
+
+    p += sprintf(p, "]}");
+    len = p - b;
+
+    rc = validate(b, len, &conf_any_nocap, &res);
+    assert_int_equal(rc, DIFY_BODY_OK);
+    assert_true(res.fast);
+    assert_int_equal(res.documents, 92);
+
+    /* the first id once more, at the end: a duplicate of index 0 */
+
+    sprintf(b + len - 2, ",\"!\"]}");
+    rc = validate(b, len + 4, &conf_any_nocap, &res);
+    assert_int_equal(rc, DIFY_BODY_INVALID_PARAM);
+    assert_true(res.fast);
+    assert_string_equal(res.message,
+                        "document_ids[92] duplicates document_ids[0].");
+
+    /* the last id once more, first: index 92 duplicates index 0 */
+
+    c = strdup(strchr(b, '[') + 1);
+    assert_non_null(c);
+    c[strlen(c) - 6] = '\0';                  /* without ,"!"]} */
+    len = sprintf(b, "{\"document_ids\":[\"~\",%s]}", c);
+    free(c);
+    rc = validate(b, len, &conf_any_nocap, &res);
+    assert_int_equal(rc, DIFY_BODY_INVALID_PARAM);
+    assert_true(res.fast);
+    assert_string_equal(res.message,
+                        "document_ids[92] duplicates document_ids[0].");
+
+    /* equal but for case, or a prefix: not duplicates in "any" mode */
+
+    len = sprintf(b, "{\"document_ids\":[\"a\",\"A\",\"ab\",\"a \","
+                  "\" a\",\"\",\"" U1 "\",\"" U1_UPPER "\"]}");
+    rc = validate(b, len, &conf_any_nocap, &res);
+    assert_int_equal(rc, DIFY_BODY_OK);
+    assert_true(res.fast);
+    assert_int_equal(res.documents, 8);
+
+    /* and UUIDs equal but for case are, past 32 ids too */
+
+    p = b + sprintf(b, "{\"document_ids\":[\"" U1_UPPER "\"");
+
+    for (i = 1; i < 40; i++) {
+        p += sprintf(p, ",\"3f2504e0-4f89-11d3-9a0c-0305%08zx\"", i);
+    }
+
+    p += sprintf(p, ",\"" U1 "\"]}");
+    rc = validate(b, p - b, &conf_nocap, &res);
+    assert_int_equal(rc, DIFY_BODY_INVALID_PARAM);
+    assert_true(res.fast);
+    assert_string_equal(res.message,
+                        "document_ids[40] duplicates document_ids[0].");
+
+    /* separators JSON does not know, at every place between tokens */
+
+    for (k = 0; k < sizeof(seps) / sizeof(seps[0]); k++) {
+        static const char  *at[] = { "", "{", "{\"document_ids\"",
+                                     "{\"document_ids\":",
+                                     "{\"document_ids\":[",
+                                     "{\"document_ids\":[\"" U1 "\"",
+                                     "{\"document_ids\":[\"" U1 "\",",
+                                     "{\"document_ids\":[\"" U1 "\",\""
+                                     U2 "\"]",
+                                     "{\"document_ids\":[\"" U1 "\",\""
+                                     U2 "\"]}" };
+        const char  *full = "{\"document_ids\":[\"" U1 "\",\"" U2 "\"]}";
+
+        for (i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
+            len = sprintf(b, "%s%s%s", at[i], seps[k], full + strlen(at[i]));
+            rc = validate(b, len, &conf_uuid, &res);
+            assert_int_not_equal(rc, DIFY_BODY_OK);
+            assert_false(res.fast);
+            (void) validate(b, len, &conf_any_dups, &res);
+        }
+    }
+
+    /* every prefix of a common body, in every configuration */
+
+    len = sprintf(b, " {\t\"document_ids\" :\r\n[ \"" U1 "\" ,\"" U2 "\","
+                  "\"" U1 "\" ] }\n");
+
+    for (i = 0; i < len; i++) {
+        rc = validate(b, i, &conf_uuid, &res);
+
+        if (i < len - 1) {
+            assert_int_equal(rc, DIFY_BODY_BAD_REQUEST);
+        }
+
+        (void) validate(b, i, &conf_any, &res);
+        (void) validate(b, i, &conf_dups, &res);
+        (void) validate(b, i, &conf_any_dups, &res);
+        (void) validate(b, i, &conf_nocap, &res);
+    }
+
+}
+
+
 static void
 test_fast_share(void **state)
 {
@@ -1870,6 +2004,7 @@ main(void)
         cmocka_unit_test(test_fast),
         cmocka_unit_test(test_fast_counts),
         cmocka_unit_test(test_fast_mutations),
+        cmocka_unit_test(test_fast_break),
         cmocka_unit_test(test_not_json),
         cmocka_unit_test(test_not_object),
         cmocka_unit_test(test_duplicate_keys),
