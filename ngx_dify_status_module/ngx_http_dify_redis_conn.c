@@ -127,6 +127,10 @@ struct ngx_http_dify_redis_conn_s {
     /* the command whose deadline is being acted on, NULL once freed */
     ngx_http_dify_redis_cmd_t     *expiring;
 
+    /* pub/sub messages ("message" arrays), when subscribed */
+    ngx_http_dify_redis_pt         push;
+    void                          *push_data;
+
     ngx_uint_t                     state;
     ngx_uint_t                     logged;      /* _LOG_* */
     ngx_uint_t                     epoch;
@@ -192,15 +196,24 @@ ngx_http_dify_redis_conn_t *
 ngx_http_dify_redis_conn_create(ngx_cycle_t *cycle,
     ngx_http_dify_redis_conf_t *conf)
 {
+    return ngx_http_dify_redis_conn_create_pool(cycle->pool, cycle->log,
+                                                conf);
+}
+
+
+ngx_http_dify_redis_conn_t *
+ngx_http_dify_redis_conn_create_pool(ngx_pool_t *pool, ngx_log_t *log,
+    ngx_http_dify_redis_conf_t *conf)
+{
     ngx_http_dify_redis_conn_t  *rc;
 
-    rc = ngx_pcalloc(cycle->pool, sizeof(ngx_http_dify_redis_conn_t));
+    rc = ngx_pcalloc(pool, sizeof(ngx_http_dify_redis_conn_t));
     if (rc == NULL) {
         return NULL;
     }
 
     rc->conf = conf;
-    rc->log = cycle->log;
+    rc->log = log;
 
     /*
      * nginx's own messages about the socket (connect(), recv(), OpenSSL's
@@ -208,7 +221,7 @@ ngx_http_dify_redis_conn_create(ngx_cycle_t *cycle,
      * with the last of them
      */
 
-    rc->quiet = *cycle->log;
+    rc->quiet = *log;
     rc->quiet.log_level = NGX_LOG_INFO;
     rc->quiet.writer = ngx_http_dify_redis_said;
     rc->quiet.wdata = rc;
@@ -221,17 +234,17 @@ ngx_http_dify_redis_conn_create(ngx_cycle_t *cycle,
 
     rc->reconnect.handler = ngx_http_dify_redis_reconnect_handler;
     rc->reconnect.data = rc;
-    rc->reconnect.log = cycle->log;
+    rc->reconnect.log = log;
     rc->reconnect.cancelable = 1;
 
     rc->handshake.handler = ngx_http_dify_redis_handshake_timeout;
     rc->handshake.data = rc;
-    rc->handshake.log = cycle->log;
+    rc->handshake.log = log;
     rc->handshake.cancelable = 1;
 
     rc->refresh.handler = ngx_http_dify_redis_refresh_handler;
     rc->refresh.data = rc;
-    rc->refresh.log = cycle->log;
+    rc->refresh.log = log;
     rc->refresh.cancelable = 1;
 
     rc->backoff = NGX_HTTP_DIFY_REDIS_BACKOFF_MIN;
@@ -265,6 +278,46 @@ ngx_http_dify_redis_conn_close(ngx_http_dify_redis_conn_t *rc)
         rc->ssl_session = NULL;
     }
 #endif
+}
+
+
+/*
+ * As a failure would, but for good: every command called back with NULL
+ * (outside of its handler), then closed as by _close().  The handlers
+ * may send commands elsewhere; this connection refuses them.  The
+ * caller frees the pool once the current event is over (it may be this
+ * connection's own).
+ */
+
+void
+ngx_http_dify_redis_conn_drop(ngx_http_dify_redis_conn_t *rc)
+{
+    if (rc->exiting) {
+        return;
+    }
+
+    if (rc->reconnect.timer_set) {
+        ngx_del_timer(&rc->reconnect);
+    }
+
+    ngx_http_dify_redis_close(rc);
+    ngx_http_dify_redis_conn_close(rc);
+}
+
+
+ngx_uint_t
+ngx_http_dify_redis_conn_is_up(ngx_http_dify_redis_conn_t *rc)
+{
+    return rc->state == NGX_HTTP_DIFY_REDIS_UP;
+}
+
+
+void
+ngx_http_dify_redis_conn_set_push(ngx_http_dify_redis_conn_t *rc,
+    ngx_http_dify_redis_pt handler, void *data)
+{
+    rc->push = handler;
+    rc->push_data = data;
 }
 
 
@@ -1458,6 +1511,22 @@ ngx_http_dify_redis_dispatch(ngx_http_dify_redis_conn_t *rc,
     ngx_queue_t                *q;
     ngx_http_dify_redis_pt      handler;
     ngx_http_dify_redis_cmd_t  *cmd;
+
+    /* a subscribed connection: ["message", channel, payload] is pushed */
+
+    if (rc->push != NULL
+        && reply->type == REDIS_REPLY_ARRAY
+        && reply->elements == 3
+        && reply->element[0]->type == REDIS_REPLY_STRING
+        && reply->element[0]->len == sizeof("message") - 1
+        && ngx_strncmp(reply->element[0]->str, "message",
+                       sizeof("message") - 1)
+           == 0)
+    {
+        rc->last_reply = ngx_http_dify_redis_msec();
+        rc->push(reply, rc->push_data);
+        return;
+    }
 
     if (ngx_queue_empty(&rc->pending)) {
         ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_NETWORK, 0,
