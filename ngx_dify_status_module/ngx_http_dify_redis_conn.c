@@ -394,7 +394,9 @@ ngx_http_dify_redis_conn_send(ngx_http_dify_redis_conn_t *rc,
                    "dify_status redis: command %p %*s, timeout %M ms",
                    cmd, argvlen[0], argv[0], timeout);
 
-    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_COMMANDS);
+    if (!rc->conf->control) {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_COMMANDS);
+    }
 
     return cmd;
 }
@@ -1280,7 +1282,11 @@ ngx_http_dify_redis_handshake_reply(redisReply *reply, void *data)
     }
 
     rc->state = NGX_HTTP_DIFY_REDIS_UP;
-    ngx_http_dify_metrics_redis_up(1);
+
+    if (!rc->conf->control) {
+        ngx_http_dify_metrics_redis_up(1);
+    }
+
     rc->backoff = NGX_HTTP_DIFY_REDIS_BACKOFF_MIN;
     rc->logged = NGX_HTTP_DIFY_REDIS_LOG_NONE;
 
@@ -1555,7 +1561,7 @@ ngx_http_dify_redis_dispatch(ngx_http_dify_redis_conn_t *rc,
 
     if (handler != NULL) {
 
-        if (cmd->timeout) {
+        if (cmd->timeout && !rc->conf->control) {
             ngx_http_dify_metrics_rtt((ngx_msec_int_t)
                                       (ngx_http_dify_redis_usec()
                                        - cmd->start));
@@ -1830,7 +1836,7 @@ ngx_http_dify_redis_close(ngx_http_dify_redis_conn_t *rc)
         rc->resolving = NULL;
     }
 
-    if (rc->state == NGX_HTTP_DIFY_REDIS_UP) {
+    if (rc->state == NGX_HTTP_DIFY_REDIS_UP && !rc->conf->control) {
         ngx_http_dify_metrics_redis_up(-1);
     }
 
@@ -1868,7 +1874,10 @@ ngx_http_dify_redis_close(ngx_http_dify_redis_conn_t *rc)
         cmd->handler = NULL;
 
         if (handler != NULL && cmd->timeout && !rc->exiting) {
-            ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
+            if (!rc->conf->control) {
+                ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
+            }
+
             handler(NULL, cmd->data);
         }
 
@@ -1968,7 +1977,9 @@ done:
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rc->log, 0,
                    "dify_status redis: %p timed out", cmd);
 
-    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_TIMEOUTS);
+    if (!rc->conf->control) {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_TIMEOUTS);
+    }
 
     handler = cmd->handler;
     data = cmd->data;
@@ -2054,7 +2065,9 @@ ngx_http_dify_redis_reconnect_handler(ngx_event_t *ev)
         return;
     }
 
-    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_RECONNECTS);
+    if (!rc->conf->control) {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_RECONNECTS);
+    }
 
     ngx_http_dify_redis_connect(rc);
 }

@@ -56,6 +56,9 @@ typedef struct {
      */
     ngx_array_t               *addresses;
 
+    /* a Sentinel's: counted in no data metric (commands, connections) */
+    ngx_flag_t                 control;
+
     ngx_flag_t                 ssl;
 #if (NGX_SSL)
     ngx_ssl_t                 *ssl_ctx;

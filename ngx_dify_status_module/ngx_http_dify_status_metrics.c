@@ -135,7 +135,15 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
 
     { ngx_string("dify_status_redis_tls_failures_total"),
       ngx_string("TLS handshakes with Redis that failed, or whose "
-                 "certificate was refused.") }
+                 "certificate was refused.") },
+
+    { ngx_string("dify_status_redis_topology_refreshes_total"),
+      ngx_string("Lookups of the topology: rounds of questions to the "
+                 "Sentinels for the primary.") },
+
+    { ngx_string("dify_status_redis_failovers_total"),
+      ngx_string("Failovers seen and acted on: +switch-master events "
+                 "naming a new primary.") }
 };
 
 
