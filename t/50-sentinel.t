@@ -30,6 +30,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use IO::Socket::INET;
 use POSIX ();
 use Test::More;
 use Time::HiRes qw(time sleep);
@@ -155,6 +156,14 @@ sub eval_calls {
     return $n // 0;
 }
 
+# left over by an earlier run that was killed: refuse rather than misread
+for my $port ($P1, $P2, @SP, $DEAD_SP) {
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                  Proto => 'tcp', Timeout => 1);
+    BAIL_OUT("port $port is taken (a process left by an earlier run?)")
+        if $s;
+}
+
 start_data($P1);
 start_data($P2, $P1);
 start_sentinel($_) for @SP;
@@ -246,8 +255,9 @@ sub start_traffic {
         $out->autoflush(1);
         my $key = fresh_key('traffic');
         until (-e $stop) {
-            my $r = patch($tt, $key, prefix => '/big/v1',
-                          timeout => DifyTest::timeout(10));
+            my $r = eval { patch($tt, $key, prefix => '/big/v1',
+                                 timeout => DifyTest::timeout(10)) }
+                    // { status => 0 };
             my $code = $r->{json} ? $r->{json}{code} // '' : '';
             printf $out "%d %s %.3f\n", $r->{status}, $code, time;
         }
