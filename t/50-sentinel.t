@@ -31,6 +31,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use IO::Socket::INET;
+use IPC::Open3 ();
 use POSIX ();
 use Test::More;
 use Time::HiRes qw(time sleep);
@@ -373,6 +374,58 @@ ok metric($t, 'dify_status_redis_failovers_total') > $failovers,
     my $key = fresh_key('after2');
     is statuses($t, $key, 6), '200 200 200 200 200 429',
         'exact counts after kill -9: a new key gets 5';
+}
+
+# ------------------------------------------------------------------
+# the admin tool asks the Sentinels for the primary (the first listed is
+# down; the Sentinels' password apart from the data nodes')
+
+sub tool {
+    my ($stdin, %env) = @_;
+    my @args = @{ delete $env{args} };
+    local @ENV{ keys %env } = values %env;
+    local $ENV{REDISCLI_AUTH};
+    delete $ENV{REDISCLI_AUTH};
+    local $SIG{PIPE} = 'IGNORE';
+    my $pid = IPC::Open3::open3(my $in, my $out, undef, 'bash',
+                                "$FindBin::Bin/../tools/dify-status-limit",
+                                @args);
+    print $in $stdin if defined $stdin;
+    close $in;
+    my $output = do { local $/; <$out> } // '';
+    waitpid $pid, 0;
+    return ($? >> 8, $output);
+}
+
+{
+    my $key = fresh_key('tool');
+    my %env = (DIFY_REDIS_SENTINELS => "127.0.0.1:$DEAD_SP,127.0.0.1:$SP[1]",
+               DIFY_REDIS_SENTINEL_SERVICE_NAME => $NAME,
+               DIFY_REDIS_SENTINEL_PASSWORD => $SENT_PW,
+               DIFY_REDIS_PASSWORD => $DATA_PW,
+               DIFY_REDIS_HOST => '127.0.0.1', DIFY_REDIS_PORT => $DEAD_SP);
+    my ($rc, $out) = tool("$key\n", %env, args => [ 'block', '-' ]);
+    is $rc, 0, 'dify-status-limit --sentinels ...: block' or diag $out;
+    my $hash = DifyLimit::key_hash($key);
+    is data($P1, 'HGET', "dify:status:{$hash}:limit", 'blocked'), '1',
+        'the tool wrote to the primary the Sentinels name';
+    is patch($t, $key)->{status}, 403, 'and nginx applies it';
+
+    ($rc, $out) = tool("$key\n", %env,
+                       DIFY_REDIS_SENTINEL_SERVICE_NAME => 'nosuchmaster',
+                       args => [ 'show', '-' ]);
+    is $rc, 1, 'a wrong service name: exit 1';
+    like $out, qr/no Sentinel named a primary for "nosuchmaster"/,
+        'a wrong service name: a clear message';
+
+    ($rc, $out) = tool("$key\n", %env, DIFY_REDIS_SENTINEL_PASSWORD => 'x',
+                       args => [ 'show', '-' ]);
+    is $rc, 1, 'a wrong Sentinel password: exit 1';
+    unlike $out, qr/\Q$DATA_PW\E|\Q$SENT_PW\E/, 'no password shown';
+
+    ($rc, $out) = tool("$key\n", %env, DIFY_REDIS_SENTINEL_SERVICE_NAME => '',
+                       args => [ 'show', '-' ]);
+    is $rc, 2, '--sentinels without --sentinel-name: a usage error';
 }
 
 $t->stop_nginx;
