@@ -14,10 +14,14 @@
 #   script loaded there (no NOSCRIPT retry needed), exact counts again
 #   (state replicated before the failover carried over);
 # - kill -9 of the primary while traffic runs: the same;
+# - the admin tool finds the primary through the Sentinels (the first
+#   listed down), refuses a wrong name or password clearly;
 # - a Sentinel down among the three (the first listed): the next is
 #   asked; a wrong Sentinel password and a wrong service name: a clear
-#   error log line and the fallback; the directive's configuration
-#   errors (nginx -t).
+#   error log line and the fallback;
+# - TLS: a TLS-only primary and Sentinel (ports 26386-26387), verified;
+#   the module and the admin tool through it;
+# - the directive's configuration errors (nginx -t).
 #
 # Rates are per hour so that refill during the test is far below one
 # unit; the fallback is "deny", so that a request Redis did not decide
@@ -473,6 +477,112 @@ $t->stop_nginx;
     is scalar @n, 1, 'logged once (per worker), not once per attempt';
     $r = patch($t2, fresh_key('wrongname'));
     is $r->{status}, 503, 'a wrong service name: the fallback (deny)';
+    $t2->done;
+}
+
+# ------------------------------------------------------------------
+# TLS: a primary with only a tls-port and a Sentinel with only one
+# (quorum 1, no failover here), certificates verified by IP address;
+# the admin tool over TLS too
+
+SKIP: {
+    skip 'redis-server or redis-cli without TLS', 6
+        unless `redis-cli --help 2>&1` =~ /--tls/;
+
+    my $pki = "$DIR/pki";
+    mkdir $pki;
+    my $ssl = sub {
+        my $out = `openssl @_ 2>&1`;
+        die "openssl @_: $out" if $?;
+    };
+    $ssl->("req -x509 -newkey rsa:2048 -nodes -keyout $pki/ca.key"
+           . " -out $pki/ca.crt -days 2 -subj /CN=ca");
+    open my $fh, '>', "$pki/ext" or die $!;
+    print $fh "subjectAltName=IP:127.0.0.1\n";
+    close $fh;
+    $ssl->("req -newkey rsa:2048 -nodes -keyout $pki/server.key"
+           . " -out $pki/server.csr -subj /CN=redis.test");
+    $ssl->("x509 -req -in $pki/server.csr -CA $pki/ca.crt -CAkey $pki/ca.key"
+           . " -CAcreateserial -out $pki/server.crt -days 2"
+           . " -extfile $pki/ext");
+
+    my ($TP, $TS) = (26386, 26387);
+    my @tls = ('--tls-cert-file', "$pki/server.crt",
+               '--tls-key-file', "$pki/server.key",
+               '--tls-ca-cert-file', "$pki/ca.crt",
+               '--tls-auth-clients', 'no');
+    mkdir "$DIR/r$TP";
+    $t->_spawn("tlsredis$TP",
+        [ 'redis-server', '--port', 0, '--tls-port', $TP,
+          '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+          '--dir', "$DIR/r$TP", '--daemonize', 'no',
+          '--logfile', "$DIR/redis$TP.log", '--requirepass', $DATA_PW,
+          @tls ],
+        output => "$DIR/redis$TP.stderr");
+
+    open $fh, '>', "$DIR/sentinel$TS.conf" or die $!;
+    print $fh join "\n",
+        'port 0', "tls-port $TS", 'bind 127.0.0.1', 'daemonize no',
+        "dir $DIR", "logfile $DIR/sentinel$TS.log",
+        "tls-cert-file $pki/server.crt", "tls-key-file $pki/server.key",
+        "tls-ca-cert-file $pki/ca.crt", 'tls-auth-clients no',
+        'tls-replication yes', "requirepass $SENT_PW",
+        "sentinel monitor tlsmaster 127.0.0.1 $TP 1",
+        "sentinel auth-pass tlsmaster $DATA_PW", '';
+    close $fh;
+    $t->_spawn("sentinel$TS", [ @SENTINEL_BIN, "$DIR/sentinel$TS.conf",
+                                @SENTINEL_ARG ],
+               output => "$DIR/sentinel$TS.stderr");
+
+    my @tcli = ('--tls', '--cacert', "$pki/ca.crt");
+    my $named = wait_for(DifyTest::timeout(10), sub {
+        cli($TS, $SENT_PW, @tcli, 'SENTINEL', 'get-master-addr-by-name',
+            'tlsmaster') =~ /\n$TP$/;
+    });
+    ok $named, 'TLS: the Sentinel names the TLS primary';
+
+    my $t2 = DifyTest->new;
+    $t2->start_nginx(http => qq{
+    dify_status_redis 127.0.0.1:$TS sentinel=tlsmaster
+                      sentinel_password=$SENT_PW password=$DATA_PW ssl
+                      timeout=${REDIS_TIMEOUT}s;
+    dify_status_redis_ssl_trusted_certificate $pki/ca.crt;
+    dify_status_redis_fallback deny;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location /v1/ {
+            dify_status on;
+            dify_status_limit rate=5 r/h;
+            proxy_pass http://upstream;
+        }
+
+        location /big/v1/ {
+            dify_status on;
+            dify_status_limit rate=1000000 r/h;
+            proxy_pass http://upstream;
+        }
+    }
+});
+    ok ready($t2), 'TLS: a primary is found through a TLS Sentinel';
+    my $key = fresh_key('tls');
+    is statuses($t2, $key, 6), '200 200 200 200 200 429',
+        'TLS: exact counts on the TLS primary';
+    like $t2->error_log,
+        qr/redis sentinel "tlsmaster": the primary is "127\.0\.0\.1:$TP"/,
+        'TLS: the primary found is logged';
+
+    # a key not limited yet: a limited one is refused from shared memory
+    $key = fresh_key('tlstool');
+    my ($rc, $out) = tool("$key\n",
+        DIFY_REDIS_SENTINELS => "127.0.0.1:$TS",
+        DIFY_REDIS_SENTINEL_SERVICE_NAME => 'tlsmaster',
+        DIFY_REDIS_SENTINEL_PASSWORD => $SENT_PW,
+        DIFY_REDIS_PASSWORD => $DATA_PW,
+        args => [ '--tls', '--cacert', "$pki/ca.crt", 'block', '-' ]);
+    is $rc, 0, 'TLS: the admin tool through a TLS Sentinel' or diag $out;
+    is patch($t2, $key)->{status}, 403, 'TLS: and nginx applies its block';
     $t2->done;
 }
 
