@@ -137,6 +137,8 @@ struct ngx_http_dify_redis_conn_s {
     ngx_msec_t                     backoff;     /* the next reconnect delay */
     ngx_msec_t                     last_reply;  /* fresh clock, in ms */
 
+    ngx_int_t                      node;        /* its metrics, or -1 */
+
     unsigned                       exiting:1;
 };
 
@@ -214,6 +216,7 @@ ngx_http_dify_redis_conn_create_pool(ngx_pool_t *pool, ngx_log_t *log,
 
     rc->conf = conf;
     rc->log = log;
+    rc->node = conf->control ? -1 : ngx_http_dify_metrics_node(&conf->address);
 
     /*
      * nginx's own messages about the socket (connect(), recv(), OpenSSL's
@@ -396,6 +399,7 @@ ngx_http_dify_redis_conn_send(ngx_http_dify_redis_conn_t *rc,
 
     if (!rc->conf->control) {
         ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_COMMANDS);
+        ngx_http_dify_metrics_node_inc(rc->node, 1, 0);
     }
 
     return cmd;
@@ -1285,6 +1289,7 @@ ngx_http_dify_redis_handshake_reply(redisReply *reply, void *data)
 
     if (!rc->conf->control) {
         ngx_http_dify_metrics_redis_up(1);
+        ngx_http_dify_metrics_node_inc(rc->node, 0, 1);
     }
 
     rc->backoff = NGX_HTTP_DIFY_REDIS_BACKOFF_MIN;
@@ -1838,6 +1843,7 @@ ngx_http_dify_redis_close(ngx_http_dify_redis_conn_t *rc)
 
     if (rc->state == NGX_HTTP_DIFY_REDIS_UP && !rc->conf->control) {
         ngx_http_dify_metrics_redis_up(-1);
+        ngx_http_dify_metrics_node_inc(rc->node, 0, -1);
     }
 
     rc->state = NGX_HTTP_DIFY_REDIS_CLOSED;

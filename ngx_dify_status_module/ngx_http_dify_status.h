@@ -285,6 +285,10 @@ void ngx_http_dify_metrics_rtt(ngx_msec_int_t usec);   /* in microseconds */
 void ngx_http_dify_metrics_redis_error(ngx_uint_t cls); /* dify_redis_err_e */
 /* connections up: +1 when one is, -1 when it no longer is */
 void ngx_http_dify_metrics_redis_up(ngx_int_t delta);
+/* a Redis node's counters by its address: an index, or -1 (not counted) */
+ngx_int_t ngx_http_dify_metrics_node(ngx_str_t *name);
+void ngx_http_dify_metrics_node_inc(ngx_int_t node, ngx_int_t commands,
+    ngx_int_t up);
 ngx_int_t ngx_http_dify_metrics_init_conf(ngx_conf_t *cf,
     ngx_http_dify_main_conf_t *mcf);
 char *ngx_http_dify_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,

@@ -344,6 +344,20 @@ like $t->error_log,
     qr/redis sentinel "\Q$NAME\E": the primary is "127\.0\.0\.1:$P2" \(was "127\.0\.0\.1:$P1"\)/,
     'the switch is logged';
 
+{
+    my $m = $t->http('GET', '/metrics')->{body};
+    my %up = $m =~ /^dify_status_redis_connections_up\{node="([^"]+)"\} (\d+)$/mg;
+    my %cmds = $m =~ /^dify_status_redis_node_commands_total\{node="([^"]+)"\} (\d+)$/mg;
+    is_deeply \%up, { "127.0.0.1:$P1" => 0, "127.0.0.1:$P2" => 2 },
+        'connections_up by node: both workers on the new primary, none '
+        . 'on the old' or diag $m;
+    ok(($cmds{"127.0.0.1:$P1"} // 0) > 0 && ($cmds{"127.0.0.1:$P2"} // 0) > 0,
+       'node_commands_total: the new primary is a node of its own')
+        or diag $m;
+    ok !grep({ /:2638[234]$/ } keys %up, keys %cmds),
+        'the Sentinels are no data nodes in the metrics';
+}
+
 is statuses($t, $carried, 3), '200 200 429',
     'exact counts after the failover: the state carried over (2 left)';
 {
