@@ -920,8 +920,12 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     if (rcf->addresses->nelts > 1 && mcf->sentinel == NULL) {
+        /* a second address may be a misspelt keyword ("tls") */
+        node = rcf->addresses->elts;
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "several addresses need \"sentinel=\"");
+                           "invalid parameter \"%V\" (several addresses "
+                           "need \"sentinel=\")", &node[1].address);
         return NGX_CONF_ERROR;
     }
 

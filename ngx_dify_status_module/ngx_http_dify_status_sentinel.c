@@ -564,10 +564,12 @@ ngx_http_dify_sentinel_ask(ngx_http_dify_sentinel_t *st)
     size_t                          argvlen[3];
     ngx_uint_t                      i;
     const char                     *argv[3];
+    ngx_http_dify_redis_pt          handler;
     ngx_http_dify_redis_cmd_t      *cmd;
     ngx_http_dify_sentinel_conf_t  *scf;
 
     scf = st->conf;
+    handler = ngx_http_dify_sentinel_master_reply;
 
     argv[0] = "SENTINEL";
     argvlen[0] = sizeof("SENTINEL") - 1;
@@ -582,10 +584,9 @@ ngx_http_dify_sentinel_ask(ngx_http_dify_sentinel_t *st)
         i = (st->first + st->tried) % scf->n;
         st->tried++;
 
-        cmd = ngx_http_dify_redis_conn_send(st->query[i],
-                                            ngx_http_dify_sentinel_master_reply,
-                                            st, st->rcf->connect_timeout,
-                                            3, argv, argvlen);
+        cmd = ngx_http_dify_redis_conn_send(st->query[i], handler, st,
+                                            st->rcf->connect_timeout, 3,
+                                            argv, argvlen);
         if (cmd != NULL) {
             st->ask = cmd;
             st->asking = i;
@@ -992,6 +993,9 @@ ngx_http_dify_sentinel_role_reply(redisReply *reply, void *data)
         role.data = (u_char *) reply->str;
         role.len = ngx_min(reply->len, 128);
     }
+
+    /* the next Sentinel first: this one may not know of a failover */
+    st->first = (st->first + 1) % st->conf->n;
 
     ngx_http_dify_sentinel_failed(st, NGX_HTTP_DIFY_SENTINEL_LOG_ROLE,
                                   "the primary named, \"%V\", is not one "
