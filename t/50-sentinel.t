@@ -395,6 +395,34 @@ ok metric($t, 'dify_status_redis_failovers_total') > $failovers,
 }
 
 # ------------------------------------------------------------------
+# a primary demoted behind the Sentinels' back (REPLICAOF, which keeps
+# the clients connected): READONLY takes the fallback and makes the
+# workers ask the Sentinels again; back to a primary, Redis decides again
+
+{
+    # quiet first: no question due (a retry waits 1 s at most)
+    my $refreshes = metric($t, 'dify_status_redis_topology_refreshes_total');
+    ok wait_for(DifyTest::timeout(10), sub {
+        sleep 1.2;
+        my $n = metric($t, 'dify_status_redis_topology_refreshes_total');
+        return 1 if $n == $refreshes;
+        $refreshes = $n;
+        return 0;
+    }), 'no question to the Sentinels while the primary answers';
+    like data($P1, 'REPLICAOF', '127.0.0.1', $DEAD_SP), qr/^OK/,
+        'the primary demoted by hand';
+    my $r = patch($t, fresh_key('ro'), prefix => '/big/v1');
+    is $r->{status}, 503, 'READONLY: the fallback (deny)';
+    ok wait_for(DifyTest::timeout(2), sub {
+        metric($t, 'dify_status_redis_topology_refreshes_total') > $refreshes
+    }), 'READONLY: the Sentinels are asked again';
+    like data($P1, 'REPLICAOF', 'NO', 'ONE'), qr/^OK/, 'a primary again';
+    ok ready($t), 'requests are decided by Redis again';
+    like $t->error_log, qr/answered "READONLY/, 'READONLY is logged';
+    ok settled($P1), 'the Sentinels still name it';
+}
+
+# ------------------------------------------------------------------
 # the admin tool asks the Sentinels for the primary (the first listed is
 # down; the Sentinels' password apart from the data nodes')
 
