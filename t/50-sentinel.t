@@ -14,6 +14,8 @@
 #   script loaded there (no NOSCRIPT retry needed), exact counts again
 #   (state replicated before the failover carried over);
 # - kill -9 of the primary while traffic runs: the same;
+# - a primary demoted by hand (REPLICAOF, clients kept): READONLY takes
+#   the fallback and the workers ask the Sentinels again;
 # - the admin tool finds the primary through the Sentinels (the first
 #   listed down), refuses a wrong name or password clearly;
 # - a Sentinel down among the three (the first listed): the next is
