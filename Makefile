@@ -24,7 +24,8 @@ SRCS      := $(wildcard $(SRCDIR)/*.c $(SRCDIR)/*.h) config
 PURE_SRCS := $(wildcard $(SRCDIR)/dify_*.c)
 
 DEB_PKGS  := nginx nginx-dev libhiredis-dev libjansson-dev libssl-dev \
-             redis-server libcmocka-dev gcc make perl curl wrk valgrind \
+             redis-server redis-sentinel libcmocka-dev gcc make perl curl \
+             wrk valgrind \
              clang libclang-rt-14-dev procps iproute2 dnsmasq-base
 
 CC_OPT    := -g -O2 -fstack-protector-strong -Wformat \

@@ -9,6 +9,10 @@
  * with its NOSCRIPT recovery, so that the full script is sent once per
  * connection, not once per request in flight.
  *
+ * Under Sentinel, conn is the current primary's, replaced after a
+ * failover (see ngx_http_dify_status_sentinel.c), and NULL while none is
+ * known.
+ *
  * The dify_status_redis directive is parsed here too.
  */
 
@@ -32,6 +36,7 @@
 struct ngx_http_dify_redis_s {
     ngx_http_dify_redis_conf_t    *conf;
     ngx_http_dify_redis_conn_t    *conn;
+    ngx_http_dify_sentinel_t      *sentinel;    /* or NULL */
     ngx_log_t                     *log;
     ngx_queue_t                    reqs;        /* in flight */
 
@@ -47,6 +52,7 @@ struct ngx_http_dify_redis_req_s {
     ngx_queue_t                    queue;
     ngx_http_dify_redis_script_t  *script;
     ngx_http_dify_redis_cmd_t     *cmd;
+    ngx_http_dify_redis_conn_t    *conn;        /* of cmd */
     ngx_http_dify_redis_pt         handler;     /* NULL: cancelled */
     void                          *data;
     int                            argc;        /* after the script */
@@ -64,6 +70,8 @@ static void ngx_http_dify_redis_error(ngx_http_dify_redis_t *rs,
     redisReply *reply);
 static ngx_int_t ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst,
     u_char *src, size_t len);
+static ngx_int_t ngx_http_dify_redis_address(ngx_conf_t *cf,
+    ngx_http_dify_redis_conf_t *rcf, ngx_str_t *value);
 #if (NGX_SSL)
 static ngx_int_t ngx_http_dify_redis_set_ssl(ngx_conf_t *cf,
     ngx_http_dify_main_conf_t *mcf, ngx_http_dify_redis_conf_t *rcf);
@@ -99,9 +107,17 @@ ngx_http_dify_redis_init_process(ngx_cycle_t *cycle,
     rs->log = cycle->log;
     ngx_queue_init(&rs->reqs);
 
-    rs->conn = ngx_http_dify_redis_conn_create(cycle, mcf->redis);
-    if (rs->conn == NULL) {
-        return NGX_ERROR;
+    if (mcf->sentinel != NULL) {
+        rs->sentinel = ngx_http_dify_sentinel_create(cycle, mcf, &rs->conn);
+        if (rs->sentinel == NULL) {
+            return NGX_ERROR;
+        }
+
+    } else {
+        rs->conn = ngx_http_dify_redis_conn_create(cycle, mcf->redis);
+        if (rs->conn == NULL) {
+            return NGX_ERROR;
+        }
     }
 
     mcf->rs = rs;
@@ -124,7 +140,13 @@ ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle,
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, cycle->log, 0,
                    "dify_status redis: closing on exit");
 
-    ngx_http_dify_redis_conn_close(mcf->rs->conn);
+    if (mcf->rs->conn != NULL) {
+        ngx_http_dify_redis_conn_close(mcf->rs->conn);
+    }
+
+    if (mcf->rs->sentinel != NULL) {
+        ngx_http_dify_sentinel_destroy(mcf->rs->sentinel);
+    }
 
     /* called back by nobody now */
 
@@ -302,11 +324,21 @@ ngx_http_dify_redis_send(ngx_http_dify_redis_req_t *req, ngx_uint_t eval,
         req->argvlen[1] = DIFY_SHA1_HEX_LEN;
     }
 
-    req->cmd = ngx_http_dify_redis_conn_send(req->rs->conn,
+    req->conn = req->rs->conn;
+
+    if (req->conn == NULL) {
+        /* no primary known yet */
+        ngx_http_dify_sentinel_suspect(req->rs->sentinel, NULL);
+        return NGX_ERROR;
+    }
+
+    req->cmd = ngx_http_dify_redis_conn_send(req->conn,
                                              ngx_http_dify_redis_reply, req,
                                              timeout, req->argc + 2,
                                              req->argv, req->argvlen);
     if (req->cmd == NULL) {
+        /* the connection is down */
+        ngx_http_dify_sentinel_suspect(req->rs->sentinel, req->conn);
         return NGX_ERROR;
     }
 
@@ -327,9 +359,14 @@ ngx_http_dify_redis_reply(redisReply *reply, void *data)
     ngx_http_dify_redis_conn_t  *conn;
 
     cmd = req->cmd;
-    conn = req->rs->conn;
+    conn = req->conn;
 
     req->cmd = NULL;
+
+    if (reply == NULL) {
+        /* lost with the connection, or no reply in time */
+        ngx_http_dify_sentinel_suspect(req->rs->sentinel, conn);
+    }
 
     if (reply != NULL
         && reply->type == REDIS_REPLY_ERROR
@@ -365,6 +402,15 @@ ngx_http_dify_redis_reply(redisReply *reply, void *data)
     }
 
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+
+        if (req->rs->sentinel != NULL
+            && dify_redis_error_class(reply->str, reply->len)
+               == DIFY_REDIS_ERR_READONLY)
+        {
+            /* a primary demoted */
+            ngx_http_dify_sentinel_suspect(req->rs->sentinel, conn);
+        }
+
         ngx_http_dify_redis_error(req->rs, reply);
     }
 
@@ -432,6 +478,10 @@ ngx_http_dify_redis_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
         return NGX_OK;
     }
 
+    if (mcf->sentinel != NULL) {
+        mcf->sentinel->ssl_name = (mcf->ssl_name.len != 0);
+    }
+
     if (rcf->ssl) {
 #if (NGX_SSL)
         if (ngx_http_dify_redis_set_ssl(cf, mcf, rcf) != NGX_OK) {
@@ -443,6 +493,11 @@ ngx_http_dify_redis_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
                            "OpenSSL");
         return NGX_ERROR;
 #endif
+    }
+
+    if (mcf->sentinel != NULL) {
+        /* the address given is a Sentinel's: the primary is asked for */
+        return ngx_http_dify_sentinel_init_conf(cf, mcf);
     }
 
     if (!rcf->is_name) {
@@ -625,8 +680,70 @@ ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst, u_char *src,
 
 
 /*
- * dify_status_redis address [ssl] [db=N] [user=name] [password=secret]
- *     [timeout=time] [connect_timeout=time];
+ * One address of the directive into rcf: address, host, port, and the
+ * literal's addrs (a host name is resolved in init_conf).
+ */
+
+static ngx_int_t
+ngx_http_dify_redis_address(ngx_conf_t *cf, ngx_http_dify_redis_conf_t *rcf,
+    ngx_str_t *value)
+{
+    ngx_url_t           u;
+    const char         *err;
+    dify_redis_addr_t   addr;
+
+    rcf->address = *value;
+
+    if (dify_redis_parse_addr((const char *) value->data, value->len,
+                              &addr, &err)
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid address \"%V\": %s", value, err);
+        return NGX_ERROR;
+    }
+
+    if (addr.type != DIFY_REDIS_ADDR_UNIX) {
+        if (ngx_http_dify_redis_copy(cf, &rcf->host, (u_char *) addr.host,
+                                     addr.host_len)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        rcf->port = (in_port_t) addr.port;
+    }
+
+    if (addr.type == DIFY_REDIS_ADDR_NAME) {
+        /* resolved in init_conf, once the whole http block is known */
+        rcf->is_name = 1;
+        return NGX_OK;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = *value;
+    u.default_port = NGX_HTTP_DIFY_REDIS_PORT;
+    u.no_resolve = 1;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%s in \"%V\"",
+                           u.err ? u.err : "invalid address", &u.url);
+        return NGX_ERROR;
+    }
+
+    rcf->addrs = u.addrs;
+    rcf->naddrs = u.naddrs;
+
+    return NGX_OK;
+}
+
+
+/*
+ * dify_status_redis address ... [ssl] [db=N] [user=name] [password=secret]
+ *     [timeout=time] [connect_timeout=time] [sentinel=name]
+ *     [sentinel_user=name] [sentinel_password=secret];
  */
 
 char *
@@ -635,13 +752,10 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_dify_main_conf_t *mcf = conf;
 
     u_char                      *eq;
-    ngx_int_t                    n;
+    ngx_int_t                    n, rv;
     ngx_str_t                   *value, s, name;
-    ngx_url_t                    u;
     ngx_uint_t                   i;
-    const char                  *err;
-    dify_redis_addr_t            addr;
-    ngx_http_dify_redis_conf_t  *rcf;
+    ngx_http_dify_redis_conf_t  *rcf, *node;
 
     if (mcf->redis != NULL) {
         return "is duplicate";
@@ -654,54 +768,46 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    rcf->address = value[1];
     rcf->db = 0;
     rcf->timeout = NGX_HTTP_DIFY_REDIS_TIMEOUT;
     rcf->connect_timeout = NGX_HTTP_DIFY_REDIS_CONNECT;
 
-    if (dify_redis_parse_addr((const char *) value[1].data, value[1].len,
-                              &addr, &err)
-        != 0)
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid address \"%V\": %s", &value[1], err);
+    rcf->addresses = ngx_array_create(cf->pool, 1,
+                                      sizeof(ngx_http_dify_redis_conf_t));
+    if (rcf->addresses == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    if (addr.type != DIFY_REDIS_ADDR_UNIX) {
-        if (ngx_http_dify_redis_copy(cf, &rcf->host, (u_char *) addr.host,
-                                     addr.host_len)
-            != NGX_OK)
+    if (ngx_http_dify_redis_address(cf, rcf, &value[1]) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* the addresses, up to the first parameter */
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (i > 1
+            && (ngx_strlchr(value[i].data, value[i].data + value[i].len, '=')
+                != NULL
+                || ngx_strcmp(value[i].data, "ssl") == 0
+                || ngx_strcmp(value[i].data, "cluster") == 0))
         {
+            break;
+        }
+
+        node = ngx_array_push(rcf->addresses);
+        if (node == NULL) {
             return NGX_CONF_ERROR;
         }
 
-        rcf->port = (in_port_t) addr.port;
-    }
+        ngx_memzero(node, sizeof(ngx_http_dify_redis_conf_t));
 
-    if (addr.type == DIFY_REDIS_ADDR_NAME) {
-        /* resolved in init_conf, once the whole http block is known */
-        rcf->is_name = 1;
-
-    } else {
-        ngx_memzero(&u, sizeof(ngx_url_t));
-
-        u.url = value[1];
-        u.default_port = NGX_HTTP_DIFY_REDIS_PORT;
-        u.no_resolve = 1;
-
-        if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "%s in \"%V\"",
-                               u.err ? u.err : "invalid address", &u.url);
+        if (ngx_http_dify_redis_address(cf, node, &value[i]) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
-
-        rcf->addrs = u.addrs;
-        rcf->naddrs = u.naddrs;
     }
 
-    for (i = 2; i < cf->args->nelts; i++) {
+    for ( /* void */ ; i < cf->args->nelts; i++) {
 
         if (ngx_strcmp(value[i].data, "ssl") == 0) {
             rcf->ssl = 1;
@@ -776,6 +882,16 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        rv = ngx_http_dify_sentinel_parameter(cf, mcf, &value[i]);
+
+        if (rv == NGX_OK) {
+            continue;
+        }
+
+        if (rv == NGX_ERROR) {
+            goto invalid;
+        }
+
         /*
          * an unknown parameter may be a misspelt "password=": show its
          * name only
@@ -796,6 +912,20 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (rcf->user.len && rcf->password.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"user=\" requires \"password=\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_dify_sentinel_check(cf, mcf, rcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (rcf->addresses->nelts > 1 && mcf->sentinel == NULL) {
+        /* a second address may be a misspelt keyword ("tls") */
+        node = rcf->addresses->elts;
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\" (several addresses "
+                           "need \"sentinel=\")", &node[1].address);
         return NGX_CONF_ERROR;
     }
 
