@@ -19,6 +19,8 @@
 #define NGX_HTTP_DIFY_METRICS_NSTATUS     200       /* 400 .. 599 */
 #define NGX_HTTP_DIFY_METRICS_NBOUNDS     11
 #define NGX_HTTP_DIFY_METRICS_NBUCKETS    (NGX_HTTP_DIFY_METRICS_NBOUNDS + 1)
+#define NGX_HTTP_DIFY_METRICS_NNODES      64        /* Cluster nodes */
+#define NGX_HTTP_DIFY_METRICS_NODE_LEN    128       /* a node's label */
 
 /* the counters with no labels: those before the fallback ones */
 #define NGX_HTTP_DIFY_METRICS_NPLAIN      NGX_HTTP_DIFY_M_FALLBACK_ALLOW
@@ -41,6 +43,17 @@ typedef struct {
     ngx_atomic_t               rtt_sum;             /* in microseconds */
     ngx_atomic_t               errors[DIFY_REDIS_ERR_N];
     ngx_atomic_t               redis_up;            /* a gauge */
+
+    /*
+     * Cluster nodes, added under the slab pool's mutex: an entry is
+     * written whole before nnodes counts it, and never changes after
+     */
+    ngx_atomic_t               nnodes;
+    struct {
+        ngx_atomic_t           commands;
+        size_t                 len;
+        u_char                 name[NGX_HTTP_DIFY_METRICS_NODE_LEN];
+    }                          nodes[NGX_HTTP_DIFY_METRICS_NNODES];
 } ngx_http_dify_metrics_sh_t;
 
 
@@ -54,6 +67,9 @@ typedef struct {
     ngx_atomic_uint_t          errors[DIFY_REDIS_ERR_N];
     ngx_atomic_int_t           redis_up;
     ngx_str_t                  node;                /* its label */
+    ngx_uint_t                 nnodes;
+    ngx_atomic_uint_t          node_commands[NGX_HTTP_DIFY_METRICS_NNODES];
+    ngx_str_t                  nodes[NGX_HTTP_DIFY_METRICS_NNODES];
 } ngx_http_dify_metrics_snap_t;
 
 
@@ -135,7 +151,20 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
 
     { ngx_string("dify_status_redis_tls_failures_total"),
       ngx_string("TLS handshakes with Redis that failed, or whose "
-                 "certificate was refused.") }
+                 "certificate was refused.") },
+
+    { ngx_string("dify_status_redis_moved_total"),
+      ngx_string("MOVED redirections from a Redis Cluster node; each "
+                 "resends the command to the node named.") },
+
+    { ngx_string("dify_status_redis_ask_total"),
+      ngx_string("ASK redirections from a Redis Cluster node (a slot "
+                 "being migrated); each sends ASKING and the command to "
+                 "the node named.") },
+
+    { ngx_string("dify_status_redis_cluster_refreshes_total"),
+      ngx_string("Redis Cluster slot maps read (CLUSTER SLOTS) and "
+                 "applied.") }
 };
 
 
@@ -172,6 +201,14 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_up_f = {
     ngx_string("dify_status_redis_connections_up"),
     ngx_string("Connections to Redis established and answering, summed "
                "over the workers, by node (address as configured).")
+};
+
+
+static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_nodes_f = {
+    ngx_string("dify_status_redis_node_commands_total"),
+    ngx_string("Commands sent to each Redis Cluster node, by node "
+               "(host:port as the cluster reports it, or as "
+               "configured).")
 };
 
 
@@ -306,6 +343,78 @@ ngx_http_dify_metrics_rtt(ngx_msec_int_t usec)
 
     (void) ngx_atomic_fetch_add(&sh->rtt[i], 1);
     (void) ngx_atomic_fetch_add(&sh->rtt_sum, (ngx_atomic_int_t) usec);
+}
+
+
+ngx_int_t
+ngx_http_dify_metrics_node(ngx_str_t *name)
+{
+    size_t                       len;
+    ngx_uint_t                   i, n;
+    ngx_slab_pool_t             *shpool;
+    ngx_http_dify_metrics_sh_t  *sh;
+    ngx_http_dify_main_conf_t   *mcf;
+
+    sh = ngx_http_dify_metrics_shared();
+    if (sh == NULL) {
+        return -1;
+    }
+
+    mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                              ngx_http_dify_status_module);
+
+    shpool = (ngx_slab_pool_t *) mcf->metrics_zone->shm.addr;
+
+    len = ngx_min(name->len, NGX_HTTP_DIFY_METRICS_NODE_LEN);
+
+    /* force-unlocked by the master should a worker die holding it */
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    n = sh->nnodes;
+
+    for (i = 0; i < n; i++) {
+        if (sh->nodes[i].len == len
+            && ngx_memcmp(sh->nodes[i].name, name->data, len) == 0)
+        {
+            ngx_shmtx_unlock(&shpool->mutex);
+            return i;
+        }
+    }
+
+    if (n == NGX_HTTP_DIFY_METRICS_NNODES) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return -1;
+    }
+
+    ngx_memcpy(sh->nodes[n].name, name->data, len);
+    sh->nodes[n].len = len;
+
+    ngx_memory_barrier();
+
+    sh->nnodes = n + 1;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return n;
+}
+
+
+void
+ngx_http_dify_metrics_node_inc(ngx_int_t node)
+{
+    ngx_http_dify_metrics_sh_t  *sh;
+
+    if (node < 0 || node >= NGX_HTTP_DIFY_METRICS_NNODES) {
+        return;
+    }
+
+    sh = ngx_http_dify_metrics_shared();
+    if (sh == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&sh->nodes[node].commands, 1);
 }
 
 
@@ -487,6 +596,17 @@ ngx_http_dify_metrics_snapshot(ngx_http_dify_metrics_sh_t *sh,
         snap->redis_up = 0;
     }
 
+    snap->nnodes = ngx_min((ngx_uint_t) sh->nnodes,
+                           NGX_HTTP_DIFY_METRICS_NNODES);
+
+    ngx_memory_barrier();
+
+    for (i = 0; i < snap->nnodes; i++) {
+        snap->node_commands[i] = sh->nodes[i].commands;
+        snap->nodes[i].data = sh->nodes[i].name;
+        snap->nodes[i].len = sh->nodes[i].len;
+    }
+
     ngx_str_null(&snap->node);
 
     mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
@@ -569,6 +689,18 @@ ngx_http_dify_metrics_size(ngx_http_dify_metrics_snap_t *snap)
                 + f->name.len + sizeof("{node=\"\"} \n") - 1
                 + ngx_http_dify_metrics_label_len(&snap->node)
                 + ngx_http_dify_metrics_len((ngx_atomic_uint_t) snap->redis_up);
+    }
+
+    if (snap->nnodes) {
+        f = &ngx_http_dify_metrics_nodes_f;
+
+        size += ngx_http_dify_metrics_header_size(f, "counter");
+
+        for (i = 0; i < snap->nnodes; i++) {
+            size += f->name.len + sizeof("{node=\"\"} \n") - 1
+                    + ngx_http_dify_metrics_label_len(&snap->nodes[i])
+                    + ngx_http_dify_metrics_len(snap->node_commands[i]);
+        }
     }
 
     f = &ngx_http_dify_metrics_rtt_f;
@@ -661,6 +793,18 @@ ngx_http_dify_metrics_write(u_char *p, ngx_http_dify_metrics_snap_t *snap)
         p = ngx_sprintf(p, "%V{node=\"", &f->name);
         p = ngx_http_dify_metrics_label(p, &snap->node);
         p = ngx_sprintf(p, "\"} %uA\n", (ngx_atomic_uint_t) snap->redis_up);
+    }
+
+    if (snap->nnodes) {
+        f = &ngx_http_dify_metrics_nodes_f;
+
+        p = ngx_http_dify_metrics_header(p, f, "counter");
+
+        for (i = 0; i < snap->nnodes; i++) {
+            p = ngx_sprintf(p, "%V{node=\"", &f->name);
+            p = ngx_http_dify_metrics_label(p, &snap->nodes[i]);
+            p = ngx_sprintf(p, "\"} %uA\n", snap->node_commands[i]);
+        }
     }
 
     /*
