@@ -27,6 +27,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use IO::Socket::INET;
+use IPC::Open3 qw(open3);
 use POSIX ();
 use Time::HiRes qw(sleep time);
 
@@ -443,6 +444,81 @@ subtest 'a slot of busy keys migrated under load: ASK, MOVED, exact' => sub {
     my $k = (keys_on($dst, 1, 'after'))[0];
     my @st = map { patch($t, $k, port => $BOTH[ $_ % 2 ])->{status} } 1 .. 7;
     is "@st", '200 200 200 200 200 429 429', 'exact on the new owner';
+};
+
+
+# ------------------------------------------------------------------
+# tools/dify-status-limit --cluster, pointed at a node that does not
+# hold the key: redis-cli -c follows the redirections of every command
+
+my $TOOL = "$FindBin::Bin/../tools/dify-status-limit";
+
+sub tool {
+    my ($port, $stdin, @args) = @_;
+    local $ENV{DIFY_REDIS_HOST} = '127.0.0.1';
+    local $ENV{DIFY_REDIS_PORT} = $port;
+    local $SIG{PIPE} = 'IGNORE';
+    my $pid = open3(my $in, my $out, undef, 'bash', $TOOL, @args);
+    print $in $stdin if defined $stdin;
+    close $in;
+    my $output = do { local $/; <$out> } // '';
+    waitpid $pid, 0;
+    return ($? >> 8, $output);
+}
+
+subtest 'the admin tool in a cluster' => sub {
+    my $home = $PRIMARIES[0];
+    my $other = $PRIMARIES[1];
+    my $k = (keys_on($home, 1, 'tool'))[0];
+    my ($rc, $out);
+
+    ($rc, $out) = tool($other, "$k\n", 'show', '-');
+    is $rc, 1, 'without --cluster, another node refuses (MOVED)';
+    like $out, qr/MOVED/, 'and says so';
+
+    ($rc, $out) = tool($other, "$k\n", '--cluster', '--db', '1', 'show', '-');
+    is $rc, 2, '--cluster with --db: a usage error';
+
+    ($rc, $out) = tool($other, "$k\n", '--cluster', 'set', '-', 'rate=3r/h');
+    is $rc, 0, 'set rate=3r/h' or diag $out;
+    is rcmd($home, 'HGET', limit_key($k), 'rate'), '3r/h',
+       "the override is on the key's node, $home";
+
+    my @st = map { patch($t, $k, port => $BOTH[ $_ % 2 ])->{status} } 1 .. 4;
+    is "@st", '200 200 200 429', 'nginx applies it: exactly 3 of 4';
+
+    ($rc, $out) = tool($other, "$k\n", '-c', 'show', '-');
+    is $rc, 0, 'show' or diag $out;
+    like $out, qr/rate:\s+3r\/h/, 'show: the rate';
+
+    ($rc, $out) = tool($other, "$k\n", '-c', 'state', '-');
+    is $rc, 0, 'state (TIME, GET, PTTL)' or diag $out;
+
+    ($rc, $out) = tool($other, "$k\n", '-c', 'reset', '-');
+    is $rc, 0, 'reset' or diag $out;
+    is rcmd($home, 'EXISTS', tat_key($k)), 0, 'the state is gone';
+
+    # a key not limited yet: a limited one may be refused from the cache
+    my $kb = (keys_on($home, 1, 'tool'))[0];
+    ($rc, $out) = tool($other, "$kb\n", '-c', 'block', '-');
+    is $rc, 0, 'block' or diag $out;
+    is patch($t2, $kb)->{status}, 403, 'blocked: 403';
+    ($rc, $out) = tool($other, "$kb\n", '-c', 'unblock', '-');
+    is $rc, 0, 'unblock' or diag $out;
+    is patch($t2, $kb)->{status}, 200, 'unblocked: 200';
+
+    ($rc, $out) = tool($other, "$k\n", '-c', 'unblock', '-');
+    is $rc, 0, 'unblock' or diag $out;
+
+    ($rc, $out) = tool($other, "$k\n", '-c', 'remove', '-');
+    is $rc, 0, 'remove' or diag $out;
+    is rcmd($home, 'EXISTS', limit_key($k)), 0, 'the override is gone';
+
+    {
+        local $ENV{DIFY_REDIS_CLUSTER} = 1;
+        ($rc, $out) = tool($other, undef, 'show', '--hash', '0' x 64);
+        is $rc, 0, 'DIFY_REDIS_CLUSTER=1 works as --cluster' or diag $out;
+    }
 };
 
 
