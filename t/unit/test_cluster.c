@@ -188,7 +188,8 @@ test_slots(void **state)
     /* an unknown hostname is left out */
 
     reply = reply_of(S(
-        "*1\r\n*3\r\n:0\r\n:1\r\n*4\r\n$1\r\n?\r\n:7000\r\n$1\r\na\r\n*0\r\n"));
+        "*1\r\n*3\r\n:0\r\n:1\r\n"
+        "*4\r\n$1\r\n?\r\n:7000\r\n$1\r\na\r\n*0\r\n"));
     assert_int_equal(dify_cluster_parse_slots(reply, r, 4), 0);
     freeReplyObject(reply);
 
