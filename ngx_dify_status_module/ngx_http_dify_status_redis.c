@@ -725,14 +725,20 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    /* the addresses come first: every word up to the first parameter */
+    /*
+     * The addresses come first.  Those after the first carry a port
+     * (or are "unix:" paths), so that a misspelt parameter ("tls") is
+     * not taken for a host name.
+     */
 
     for (naddrs = 0; 1 + naddrs < cf->args->nelts; naddrs++) {
         s = value[1 + naddrs];
 
         if (ngx_strcmp(s.data, "ssl") == 0
             || ngx_strcmp(s.data, "cluster") == 0
-            || ngx_strlchr(s.data, s.data + s.len, '=') != NULL)
+            || ngx_strlchr(s.data, s.data + s.len, '=') != NULL
+            || (naddrs > 0
+                && ngx_strlchr(s.data, s.data + s.len, ':') == NULL))
         {
             break;
         }

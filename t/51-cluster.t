@@ -219,6 +219,9 @@ subtest 'configuration errors' => sub {
              'a duplicate address');
     conf_err("dify_status_redis $SEEDS cluster bogus;", '',
              qr/invalid parameter "bogus"/, 'an unknown parameter');
+    conf_err("dify_status_redis 127.0.0.1:$PRIMARIES[0] redis-2 cluster;",
+             '', qr/invalid parameter "redis-2"/,
+             'a second address without its port');
     conf_err("dify_status_redis cluster;", '',
              qr/dify_status_redis needs an address/, 'no address');
     conf_err("dify_status_redis $SEEDS cluster timeout=1s;",
