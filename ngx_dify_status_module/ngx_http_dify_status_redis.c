@@ -280,7 +280,9 @@ ngx_http_dify_redis_eval(ngx_http_dify_redis_t *rs,
 
     /* a Cluster routes by the first key; every key has its slot */
 
-    if (argc > 1 && !(argvlen[0] == 1 && argv[0][0] == '0')) {
+    if (rs->cluster != NULL
+        && argc > 1 && !(argvlen[0] == 1 && argv[0][0] == '0'))
+    {
         req->slot = dify_cluster_keyslot(argv[1], argvlen[1]);
     }
 
