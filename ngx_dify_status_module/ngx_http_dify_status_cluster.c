@@ -993,17 +993,15 @@ ngx_http_dify_cluster_slots(redisReply *reply, void *data)
 
     ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_REFRESHES);
 
-    if (cl->logged_map) {
+    /* a new map (at start, after a failover or a migration) is logged */
+
+    if (changed || cl->logged_map) {
         ngx_log_error(NGX_LOG_NOTICE, cl->log, 0,
-                      "redis cluster: slot map from \"%V\"",
-                      &cl->nodes[cl->asked].conf.address);
+                      "redis cluster: slot map from \"%V\": %d ranges, "
+                      "%ui slots changed",
+                      &cl->nodes[cl->asked].conf.address, nranges, changed);
         cl->logged_map = 0;
     }
-
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, cl->log, 0,
-                   "dify_status redis cluster: map from \"%V\": %d ranges, "
-                   "%ui slots changed",
-                   &cl->nodes[cl->asked].conf.address, nranges, changed);
 
     /* the node that answered is asked first next time */
 
