@@ -15,6 +15,9 @@
 #   - a slot of busy keys migrated under load (SETSLOT IMPORTING and
 #     MIGRATING, MIGRATE, SETSLOT NODE): ASK and MOVED both seen and
 #     counted, every request decided by Redis, counts still exact;
+#   - a migration left half done: that slot's keys wait their whole
+#     timeout (TRYAGAIN, retried), then the fallback; another slot of the
+#     same primary is decided by Redis meanwhile;
 #   - the admin tool with --cluster, on a node that does not hold the
 #     key;
 #   - nodes that report host names: resolved through nginx's resolver,
@@ -453,6 +456,40 @@ subtest 'a slot of busy keys migrated under load: ASK, MOVED, exact' => sub {
     my $k = (keys_on($dst, 1, 'after'))[0];
     my @st = map { patch($t, $k, port => $BOTH[ $_ % 2 ])->{status} } 1 .. 7;
     is "@st", '200 200 200 200 200 429 429', 'exact on the new owner';
+};
+
+
+subtest 'a migration that never ends: its keys wait, then the fallback'
+=> sub {
+    my ($src, $dst) = @PRIMARIES[0, 1];
+    my ($k, $o) = keys_on($src, 2, 'stuck');
+    my $slot = keyslot(tat_key($k));
+    if (keyslot(tat_key($o)) == $slot) {
+        ($o) = keys_on($src, 1, 'stuck2');
+    }
+    my ($sid) = map { $_->{id} } grep { $_->{port} == $src } nodes($src);
+    my ($did) = map { $_->{id} } grep { $_->{port} == $dst } nodes($src);
+
+    # the key has state: Redis answers TRYAGAIN while its override is
+    # missing on this side
+    is patch($t, $k)->{status}, 200, 'the key has its state';
+    is rcmd($dst, 'CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $sid), 'OK',
+       'importing';
+    is rcmd($src, 'CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $did), 'OK',
+       'migrating, and left so';
+
+    my $r = patch($t, $k);
+    is $r->{headers}{'x-dify-status'}, 'fallback_denied',
+       'the key of the stuck slot: the fallback';
+    ok $r->{elapsed} >= $TIMEOUT * 0.9,
+       'after its whole timeout, retries included';
+    is patch($t2, $o)->{headers}{'x-dify-status'}, 'passed',
+       'another slot of the same primary: decided by Redis';
+
+    is rcmd($src, 'CLUSTER', 'SETSLOT', $slot, 'STABLE'), 'OK', 'stable';
+    is rcmd($dst, 'CLUSTER', 'SETSLOT', $slot, 'STABLE'), 'OK', 'stable';
+    is patch($t, $k)->{headers}{'x-dify-status'}, 'passed',
+       'decided by Redis again';
 };
 
 
