@@ -568,120 +568,6 @@ subtest 'the admin tool in a cluster' => sub {
 };
 
 
-# ------------------------------------------------------------------
-# nodes that name themselves (cluster-preferred-endpoint-type hostname):
-# resolved by nginx's resolver, a real dnsmasq on port 27098
-
-my $DNSMASQ = (grep { -x } qw(/usr/sbin/dnsmasq /usr/bin/dnsmasq))[0];
-
-SKIP: {
-skip 'dnsmasq not installed (Debian: dnsmasq-base)', 1 unless $DNSMASQ;
-
-subtest 'nodes named by host names, through the resolver' => sub {
-    my $dir = $t->dir;
-    my $hosts = "$dir/cluster.hosts";
-    open my $fh, '>', $hosts or die "$hosts: $!";
-    print $fh "127.0.0.1 node-$_.test\n" for @PORTS;
-    close $fh;
-
-    $t->_spawn('dnsmasq',
-        [ $DNSMASQ, '--keep-in-foreground', '--port=27098',
-          '--listen-address=127.0.0.1', '--bind-interfaces', '--no-resolv',
-          '--no-hosts', "--addn-hosts=$hosts", '--local-ttl=1',
-          '--conf-file=/dev/null', '--pid-file=', '--user=root',
-          "--log-facility=$dir/dnsmasq.log" ],
-        output => "$dir/dnsmasq.stderr");
-
-    for my $p (@PORTS) {
-        is rcmd($p, 'CONFIG', 'SET', 'cluster-announce-hostname',
-                "node-$p.test"), 'OK', "$p announces node-$p.test";
-    }
-    for my $p (@PORTS) {
-        rcmd($p, 'CONFIG', 'SET', 'cluster-preferred-endpoint-type',
-             'hostname');
-    }
-
-    ok wait_for(DifyTest::timeout(20), sub {
-        for my $p (@PRIMARIES) {
-            my $map = rcmd($p, 'CLUSTER', 'SLOTS');
-            return 0 unless ref $map eq 'ARRAY' && @$map;
-            for my $r (@$map) {
-                return 0 unless ($r->[2][0] // '') =~ /^node-\d+\.test$/;
-            }
-        }
-        return 1;
-    }), 'every primary reports host names in CLUSTER SLOTS';
-
-    my $t3 = DifyTest->new;
-    $t3->start_nginx(workers => 1, http => "
-        resolver 127.0.0.1:27098 valid=1s ipv6=off;
-        resolver_timeout 1s;
-        dify_status_redis 127.0.0.1:$PRIMARIES[0] cluster
-                          timeout=${TIMEOUT}s;
-        dify_status_redis_fallback deny;
-        server {
-            listen 127.0.0.1:%%PORT%%;
-            add_header X-Dify-Status \$dify_status always;
-            location = /metrics { dify_status_metrics; }
-    " . loc('/v1', 'dify_status_limit rate=5 r/h;') . "
-        }
-    ");
-
-    ok wait_for(DifyTest::timeout(10), sub {
-        patch($t3, fresh_key('nw'))->{status} == 200;
-    }), 'decided by Redis';
-
-    for my $p (@PRIMARIES) {
-        my $k = (keys_on($p, 1, "name$p"))[0];
-        my @st = map { patch($t3, $k)->{status} } 1 .. 7;
-        is "@st", '200 200 200 200 200 429 429', "exact on node-$p.test";
-        my $n = metric($t3, 'dify_status_redis_node_commands_total',
-                       "node=\"node-$p.test:$p\"");
-        ok defined $n && $n > 0, "commands counted for node-$p.test:$p";
-    }
-    $t3->done;
-
-    # without a resolver, a named node cannot be reached: its slots take
-    # the fallback, logged once
-    my $t4 = DifyTest->new;
-    $t4->start_nginx(workers => 1, http => "
-        dify_status_redis 127.0.0.1:$PRIMARIES[0] cluster
-                          timeout=${TIMEOUT}s;
-        dify_status_redis_fallback deny;
-        server {
-            listen 127.0.0.1:%%PORT%%;
-            add_header X-Dify-Status \$dify_status always;
-    " . loc('/v1', 'dify_status_limit rate=5 r/h;') . "
-        }
-    ");
-    my $k = (keys_on($PRIMARIES[1], 1, 'nores'))[0];
-    ok wait_for(DifyTest::timeout(10), sub {
-        ((patch($t4, $k)->{headers}{'x-dify-status'}) // '')
-            eq 'fallback_denied';
-    }), 'without a resolver: the fallback';
-    my $named = "node-$PRIMARIES[1].test:$PRIMARIES[1]";
-    like $t4->error_log,
-         qr/redis cluster: node "\Q$named\E" is a name, and there is no/,
-         'logged';
-    $t4->done;
-
-    for my $p (@PORTS) {
-        rcmd($p, 'CONFIG', 'SET', 'cluster-preferred-endpoint-type', 'ip');
-    }
-    ok wait_for(DifyTest::timeout(20), sub {
-        for my $p (@PRIMARIES) {
-            my $map = rcmd($p, 'CLUSTER', 'SLOTS');
-            return 0 unless ref $map eq 'ARRAY' && @$map;
-            for my $r (@$map) {
-                return 0 unless ($r->[2][0] // '') eq '127.0.0.1';
-            }
-        }
-        return 1;
-    }), 'back to IP addresses';
-};
-}
-
-
 subtest 'kill -9 of a primary under load: the replica takes over' => sub {
     my $victim = $PRIMARIES[2];
     my ($vid) = map { $_->{id} } grep { $_->{port} == $victim }
@@ -758,6 +644,115 @@ subtest 'kill -9 of a primary under load: the replica takes over' => sub {
     my $log = $t->error_log . $t2->error_log;
     unlike $log, qr/\[(?:alert|crit|emerg)\]/, 'no alert in the logs';
 };
+
+
+# ------------------------------------------------------------------
+# nodes that name themselves (cluster-preferred-endpoint-type hostname):
+# resolved by nginx's resolver, a real dnsmasq on port 27098.  Last: the
+# other instances read these names too (and have no resolver)
+
+my $DNSMASQ = (grep { -x } qw(/usr/sbin/dnsmasq /usr/bin/dnsmasq))[0];
+
+SKIP: {
+skip 'dnsmasq not installed (Debian: dnsmasq-base)', 1 unless $DNSMASQ;
+
+subtest 'nodes named by host names, through the resolver' => sub {
+    my $dir = $t->dir;
+
+    # after the kill: the nodes alive, the primaries now
+    my @live = grep { (rcmd($_, 'PING') // '') eq 'PONG' } @PORTS;
+    my @prim = sort { $a <=> $b } map { $_->{port} }
+               grep { $_->{role} eq 'master' && !$_->{fail}
+                      && @{ $_->{slots} } } nodes($live[0]);
+    is scalar(@prim), 3, 'three primaries: ' . join(' ', @prim);
+
+    my $hosts = "$dir/cluster.hosts";
+    open my $fh, '>', $hosts or die "$hosts: $!";
+    print $fh "127.0.0.1 node-$_.test\n" for @PORTS;
+    close $fh;
+
+    $t->_spawn('dnsmasq',
+        [ $DNSMASQ, '--keep-in-foreground', '--port=27098',
+          '--listen-address=127.0.0.1', '--bind-interfaces', '--no-resolv',
+          '--no-hosts', "--addn-hosts=$hosts", '--local-ttl=1',
+          '--conf-file=/dev/null', '--pid-file=', '--user=root',
+          "--log-facility=$dir/dnsmasq.log" ],
+        output => "$dir/dnsmasq.stderr");
+
+    for my $p (@live) {
+        is rcmd($p, 'CONFIG', 'SET', 'cluster-announce-hostname',
+                "node-$p.test"), 'OK', "$p announces node-$p.test";
+    }
+    for my $p (@live) {
+        rcmd($p, 'CONFIG', 'SET', 'cluster-preferred-endpoint-type',
+             'hostname');
+    }
+
+    ok wait_for(DifyTest::timeout(20), sub {
+        for my $p (@prim) {
+            my $map = rcmd($p, 'CLUSTER', 'SLOTS');
+            return 0 unless ref $map eq 'ARRAY' && @$map;
+            for my $r (@$map) {
+                return 0 unless ($r->[2][0] // '') =~ /^node-\d+\.test$/;
+            }
+        }
+        return 1;
+    }), 'every primary reports host names in CLUSTER SLOTS';
+
+    my $t3 = DifyTest->new;
+    $t3->start_nginx(workers => 1, http => "
+        resolver 127.0.0.1:27098 valid=1s ipv6=off;
+        resolver_timeout 1s;
+        dify_status_redis 127.0.0.1:$prim[0] cluster
+                          timeout=${TIMEOUT}s;
+        dify_status_redis_fallback deny;
+        server {
+            listen 127.0.0.1:%%PORT%%;
+            add_header X-Dify-Status \$dify_status always;
+            location = /metrics { dify_status_metrics; }
+    " . loc('/v1', 'dify_status_limit rate=5 r/h;') . "
+        }
+    ");
+
+    ok wait_for(DifyTest::timeout(10), sub {
+        patch($t3, fresh_key('nw'))->{status} == 200;
+    }), 'decided by Redis';
+
+    for my $p (@prim) {
+        my $k = (keys_on($p, 1, "name$p"))[0];
+        my @st = map { patch($t3, $k)->{status} } 1 .. 7;
+        is "@st", '200 200 200 200 200 429 429', "exact on node-$p.test";
+        my $n = metric($t3, 'dify_status_redis_node_commands_total',
+                       "node=\"node-$p.test:$p\"");
+        ok defined $n && $n > 0, "commands counted for node-$p.test:$p";
+    }
+    $t3->done;
+
+    # without a resolver, a named node cannot be reached: its slots take
+    # the fallback, logged once
+    my $t4 = DifyTest->new;
+    $t4->start_nginx(workers => 1, http => "
+        dify_status_redis 127.0.0.1:$prim[0] cluster
+                          timeout=${TIMEOUT}s;
+        dify_status_redis_fallback deny;
+        server {
+            listen 127.0.0.1:%%PORT%%;
+            add_header X-Dify-Status \$dify_status always;
+    " . loc('/v1', 'dify_status_limit rate=5 r/h;') . "
+        }
+    ");
+    my $k = (keys_on($prim[1], 1, 'nores'))[0];
+    ok wait_for(DifyTest::timeout(10), sub {
+        ((patch($t4, $k)->{headers}{'x-dify-status'}) // '')
+            eq 'fallback_denied';
+    }), 'without a resolver: the fallback';
+    my $named = "node-$prim[1].test:$prim[1]";
+    like $t4->error_log,
+         qr/redis cluster: node "\Q$named\E" is a name, and there is no/,
+         'logged';
+    $t4->done;
+};
+}
 
 
 $t2->done;
