@@ -271,6 +271,7 @@ typedef enum {
     NGX_HTTP_DIFY_M_REDIS_MOVED,        /* Cluster redirections */
     NGX_HTTP_DIFY_M_REDIS_ASK,
     NGX_HTTP_DIFY_M_REDIS_REFRESHES,    /* Cluster slot maps read */
+    NGX_HTTP_DIFY_M_REDIS_FAILOVERS,    /* Cluster primaries replaced */
     NGX_HTTP_DIFY_M_FALLBACK_ALLOW,
     NGX_HTTP_DIFY_M_FALLBACK_DENY,
     NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED,

@@ -48,6 +48,8 @@ typedef struct {
     ngx_uint_t                     epoch;       /* conn's, last seen */
     ngx_int_t                      metric;      /* its commands' counter */
     unsigned                       unusable:1;  /* a name, no resolver */
+    unsigned                       primary:1;   /* in the last map read */
+    unsigned                       now:1;       /* in the map being read */
 } ngx_http_dify_cluster_node_t;
 
 
@@ -912,7 +914,7 @@ ngx_http_dify_cluster_slots(redisReply *reply, void *data)
     uint16_t               node;
     ngx_int_t              n;
     ngx_str_t              host;
-    ngx_uint_t             i, k, changed;
+    ngx_uint_t             i, k, changed, lost, gained;
     dify_cluster_range_t  *ranges;
 
     cl->refreshing = NULL;
@@ -966,6 +968,10 @@ ngx_http_dify_cluster_slots(redisReply *reply, void *data)
 
     changed = 0;
 
+    for (i = 0; i < cl->nnodes; i++) {
+        cl->nodes[i].now = 0;
+    }
+
     for (i = 0; i < (ngx_uint_t) nranges; i++) {
 
         if (ranges[i].host_len == 0) {
@@ -981,6 +987,10 @@ ngx_http_dify_cluster_slots(redisReply *reply, void *data)
 
         node = (n < 0) ? NGX_HTTP_DIFY_CLUSTER_NONE : (uint16_t) n;
 
+        if (n >= 0) {
+            cl->nodes[n].now = 1;
+        }
+
         for (k = ranges[i].start; k <= ranges[i].end; k++) {
             if (cl->slots[k] != node) {
                 cl->slots[k] = node;
@@ -992,6 +1002,29 @@ ngx_http_dify_cluster_slots(redisReply *reply, void *data)
     ngx_free(ranges);
 
     ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_REFRESHES);
+
+    /*
+     * A failover, as this worker sees it: a primary of the last map
+     * serves no slot now, and a node that served none does
+     */
+
+    lost = 0;
+    gained = 0;
+
+    for (i = 0; i < cl->nnodes; i++) {
+        lost += (cl->nodes[i].primary && !cl->nodes[i].now);
+        gained += (!cl->nodes[i].primary && cl->nodes[i].now);
+    }
+
+    if (gained) {
+        for (i = 0; i < lost; i++) {
+            ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_FAILOVERS);
+        }
+    }
+
+    for (i = 0; i < cl->nnodes; i++) {
+        cl->nodes[i].primary = cl->nodes[i].now;
+    }
 
     /* a new map (at start, after a failover or a migration) is logged */
 

@@ -164,7 +164,12 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
 
     { ngx_string("dify_status_redis_cluster_refreshes_total"),
       ngx_string("Redis Cluster slot maps read (CLUSTER SLOTS) and "
-                 "applied.") }
+                 "applied.") },
+
+    { ngx_string("dify_status_redis_cluster_failovers_total"),
+      ngx_string("Redis Cluster primaries replaced by a node that was "
+                 "not one (a promoted replica), counted by each worker "
+                 "that saw it in its slot map.") }
 };
 
 

@@ -583,6 +583,9 @@ subtest 'kill -9 of a primary under load: the replica takes over' => sub {
     # replicated before the kill: the replica has caught up
     rcmd($victim, 'WAIT', 1, 1000);
 
+    my $fo0 = metrics_sum('dify_status_redis_cluster_failovers_total');
+    is $fo0, 0, 'no failover seen before';
+
     my $file = $t->dir . '/load-kill';
     my $pid = load_start($file, '/k/v1', 1e9, 0, @kv, @ko);
 
@@ -610,6 +613,10 @@ subtest 'kill -9 of a primary under load: the replica takes over' => sub {
         return 1;
     });
     ok $back, 'the victim\'s keys are decided by Redis again';
+    for my $tt ($t, $t2) {
+        ok metric($tt, 'dify_status_redis_cluster_failovers_total') >= 1,
+           'the failover is counted';
+    }
 
     sleep 0.5;
 
