@@ -48,14 +48,6 @@ typedef struct {
     /* of ngx_str_t: formatted commands sent after AUTH and SELECT */
     ngx_array_t               *init;
 
-    /*
-     * Of ngx_http_dify_redis_conf_t, every address of the directive in
-     * order, the first one too (whose fields are also those above):
-     * address, host, port, addrs, naddrs and is_name are set, the rest
-     * is the topology's to fill in (the sentinels of "sentinel=")
-     */
-    ngx_array_t               *addresses;
-
     /* a Sentinel's: counted in no data metric (commands, connections) */
     ngx_flag_t                 control;
 

@@ -22,6 +22,7 @@
 #include "dify_gcra.h"
 #include "dify_key.h"
 #include "dify_redis.h"
+#include "dify_cluster.h"
 
 #include "ngx_http_dify_redis_conn.h"
 
@@ -116,6 +117,8 @@ typedef enum {
 typedef struct ngx_http_dify_redis_s      ngx_http_dify_redis_t;
 typedef struct ngx_http_dify_redis_req_s  ngx_http_dify_redis_req_t;
 typedef struct ngx_http_dify_sentinel_s   ngx_http_dify_sentinel_t;
+typedef struct ngx_http_dify_cluster_s    ngx_http_dify_cluster_t;
+typedef struct ngx_http_dify_cluster_cmd_s  ngx_http_dify_cluster_cmd_t;
 
 
 /* dify_status_redis ... sentinel=name: see ngx_http_dify_status_sentinel.c */
@@ -126,8 +129,6 @@ typedef struct {
     ngx_uint_t                 n;
     ngx_http_dify_redis_conf_t *query;      /* n: one per Sentinel */
     ngx_http_dify_redis_conf_t *events;     /* n: subscribed */
-    ngx_resolver_t            *resolver;    /* the http level's, or NULL */
-    ngx_msec_t                 resolver_timeout;
     ngx_flag_t                 ssl_name;    /* dify_status_redis_ssl_name */
 } ngx_http_dify_sentinel_conf_t;
 
@@ -140,7 +141,18 @@ typedef struct {
 
 typedef struct {
     ngx_http_dify_redis_conf_t *redis;      /* NULL: no Redis configured */
-    ngx_http_dify_sentinel_conf_t *sentinel;  /* NULL: a single Redis */
+
+    /*
+     * of ngx_http_dify_redis_conf_t: every address of dify_status_redis
+     * with the same settings, as written; *redis is the first.  Those of
+     * a Cluster are its seed nodes, those of "sentinel=" the Sentinels.
+     */
+    ngx_array_t               *redis_addrs;
+    ngx_flag_t                 redis_cluster;
+    ngx_http_dify_sentinel_conf_t *sentinel;  /* NULL: no Sentinel */
+    /* the http level's resolver, for the names reported by Redis */
+    ngx_resolver_t            *redis_resolver;
+    ngx_msec_t                 redis_resolver_timeout;
     ngx_shm_zone_t            *shm_zone;    /* keys' state, see limit.c */
     size_t                     shm_size;
     ngx_shm_zone_t            *metrics_zone;
@@ -256,6 +268,25 @@ void ngx_http_dify_sentinel_suspect(ngx_http_dify_sentinel_t *st,
     ngx_http_dify_redis_conn_t *conn);
 
 
+/*
+ * ngx_http_dify_status_cluster.c: Redis Cluster under the command
+ * layer, per worker.  A command goes to the node of its slot and
+ * follows MOVED and ASK; its handler is called exactly once, as the
+ * transport's is, unless cancelled first or the worker is exiting.
+ * argv and argvlen must live until then.
+ */
+ngx_http_dify_cluster_t *ngx_http_dify_cluster_create(ngx_cycle_t *cycle,
+    ngx_http_dify_main_conf_t *mcf);
+void ngx_http_dify_cluster_close(ngx_http_dify_cluster_t *cl);
+ngx_http_dify_cluster_cmd_t *ngx_http_dify_cluster_send(
+    ngx_http_dify_cluster_t *cl, ngx_uint_t slot,
+    ngx_http_dify_redis_pt handler, void *data, ngx_msec_t timeout,
+    int argc, const char **argv, const size_t *argvlen);
+void ngx_http_dify_cluster_cancel(ngx_http_dify_cluster_cmd_t *ccmd);
+ngx_http_dify_redis_cmd_t *ngx_http_dify_cluster_last(
+    ngx_http_dify_cluster_cmd_t *ccmd, ngx_http_dify_redis_conn_t **conn);
+
+
 /* ngx_http_dify_status_metrics.c: counters in shared memory */
 typedef enum {
     NGX_HTTP_DIFY_M_CHECKED = 0,        /* requests intercepted */
@@ -270,8 +301,10 @@ typedef enum {
     NGX_HTTP_DIFY_M_REDIS_NOSCRIPT,
     NGX_HTTP_DIFY_M_REDIS_RESOLVE_FAILURES,
     NGX_HTTP_DIFY_M_REDIS_TLS_FAILURES,
-    NGX_HTTP_DIFY_M_REDIS_TOPOLOGY_REFRESHES,
-    NGX_HTTP_DIFY_M_REDIS_FAILOVERS,
+    NGX_HTTP_DIFY_M_REDIS_MOVED,        /* Cluster redirections */
+    NGX_HTTP_DIFY_M_REDIS_ASK,
+    NGX_HTTP_DIFY_M_REDIS_TOPOLOGY_REFRESHES,   /* Sentinel, Cluster */
+    NGX_HTTP_DIFY_M_REDIS_FAILOVERS,    /* primaries replaced */
     NGX_HTTP_DIFY_M_FALLBACK_ALLOW,
     NGX_HTTP_DIFY_M_FALLBACK_DENY,
     NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED,

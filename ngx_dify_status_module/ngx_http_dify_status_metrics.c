@@ -20,8 +20,11 @@
 #define NGX_HTTP_DIFY_METRICS_NBOUNDS     11
 #define NGX_HTTP_DIFY_METRICS_NBUCKETS    (NGX_HTTP_DIFY_METRICS_NBOUNDS + 1)
 
-/* the Redis nodes counted apart, by address: the first ones seen */
-#define NGX_HTTP_DIFY_METRICS_NODES       16
+/*
+ * the Redis nodes counted apart, by address, the first ones seen: the
+ * primaries named by the Sentinels, or the nodes of a Cluster
+ */
+#define NGX_HTTP_DIFY_METRICS_NODES       64
 #define NGX_HTTP_DIFY_METRICS_NODE_LEN    128
 
 /* the counters with no labels: those before the fallback ones */
@@ -158,13 +161,25 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
       ngx_string("TLS handshakes with Redis that failed, or whose "
                  "certificate was refused.") },
 
+    { ngx_string("dify_status_redis_moved_total"),
+      ngx_string("MOVED redirections from a Redis Cluster node; each "
+                 "resends the command to the node named.") },
+
+    { ngx_string("dify_status_redis_ask_total"),
+      ngx_string("ASK redirections from a Redis Cluster node (a slot "
+                 "being migrated); each sends ASKING and the command to "
+                 "the node named.") },
+
     { ngx_string("dify_status_redis_topology_refreshes_total"),
       ngx_string("Lookups of the topology: rounds of questions to the "
-                 "Sentinels for the primary.") },
+                 "Sentinels for the primary, or Redis Cluster slot maps "
+                 "read (CLUSTER SLOTS) and applied.") },
 
     { ngx_string("dify_status_redis_failovers_total"),
-      ngx_string("Failovers seen and acted on: +switch-master events "
-                 "naming a new primary.") }
+      ngx_string("Primaries replaced: +switch-master events naming a new "
+                 "primary, or a Redis Cluster slot served by a node that "
+                 "was not a primary (a promoted replica), as each "
+                 "worker's slot map shows it.") }
 };
 
 
@@ -207,7 +222,8 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_up_f = {
 static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_node_f = {
     ngx_string("dify_status_redis_node_commands_total"),
     ngx_string("Commands sent to Redis, by node (its address; under "
-               "Sentinel, each primary named).")
+               "Sentinel, each primary named; in a Cluster, host:port as "
+               "the cluster reports it, or as configured).")
 };
 
 

@@ -55,6 +55,8 @@ struct ngx_http_dify_sentinel_node_s {
 struct ngx_http_dify_sentinel_s {
     ngx_http_dify_sentinel_conf_t  *conf;
     ngx_http_dify_redis_conf_t     *rcf;        /* the data nodes' */
+    ngx_resolver_t                 *resolver;   /* the http level's */
+    ngx_msec_t                      resolver_timeout;
     ngx_log_t                      *log;
 
     /* the command layer's connection: the primary's, or NULL */
@@ -111,9 +113,6 @@ static void ngx_http_dify_sentinel_retry_handler(ngx_event_t *ev);
 static void ngx_http_dify_sentinel_schedule(ngx_http_dify_sentinel_t *st);
 static void ngx_http_dify_sentinel_failed(ngx_http_dify_sentinel_t *st,
     ngx_uint_t kind, const char *fmt, ...);
-static ngx_int_t ngx_http_dify_sentinel_conf_node(ngx_conf_t *cf,
-    ngx_http_dify_main_conf_t *mcf, ngx_http_dify_redis_conf_t *dst,
-    ngx_http_dify_redis_conf_t *addr);
 
 
 /*
@@ -206,10 +205,10 @@ ngx_http_dify_sentinel_check(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf,
 
 
 /*
- * Once the http block is read: a transport configuration per Sentinel
- * (its address and authentication, no database, no script), and the
- * same subscribed to "+switch-master".  A Sentinel's host name is
- * resolved as the data node's would be.
+ * Once the http block is read, and every address's TLS and name set up
+ * by the command layer: a transport configuration per Sentinel (its
+ * address and authentication, no database, no script), and the same
+ * subscribed to "+switch-master".
  */
 
 ngx_int_t
@@ -222,24 +221,14 @@ ngx_http_dify_sentinel_init_conf(ngx_conf_t *cf,
     ngx_str_t                      *init;
     ngx_uint_t                      i;
     const char                     *argv[2];
-    ngx_http_core_loc_conf_t       *clcf;
     ngx_http_dify_redis_conf_t     *rcf, *addrs, *q, *e;
     ngx_http_dify_sentinel_conf_t  *scf;
 
     scf = mcf->sentinel;
     rcf = mcf->redis;
 
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-
-    if (clcf->resolver != NULL && clcf->resolver->connections.nelts > 0) {
-        scf->resolver = clcf->resolver;
-        scf->resolver_timeout = (clcf->resolver_timeout
-                                 == NGX_CONF_UNSET_MSEC)
-                                ? 30000 : clcf->resolver_timeout;
-    }
-
-    scf->n = rcf->addresses->nelts;
-    addrs = rcf->addresses->elts;
+    scf->n = mcf->redis_addrs->nelts;
+    addrs = mcf->redis_addrs->elts;
 
     scf->query = ngx_pcalloc(cf->pool,
                              scf->n * sizeof(ngx_http_dify_redis_conf_t));
@@ -274,11 +263,13 @@ ngx_http_dify_sentinel_init_conf(ngx_conf_t *cf,
         q = &scf->query[i];
         e = &scf->events[i];
 
-        if (ngx_http_dify_sentinel_conf_node(cf, mcf, q, &addrs[i])
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
+        *q = addrs[i];
+
+        q->db = 0;
+        q->init = NULL;
+
+        /* a Sentinel answers quickly or not at all */
+        q->timeout = rcf->connect_timeout;
 
         q->user = scf->user;
         q->password = scf->password;
@@ -297,88 +288,6 @@ ngx_http_dify_sentinel_init_conf(ngx_conf_t *cf,
 
         *(ngx_str_t *) e->init->elts = *init;
     }
-
-    return NGX_OK;
-}
-
-
-/* a copy of the data nodes' configuration, with the address of addr */
-
-static ngx_int_t
-ngx_http_dify_sentinel_conf_node(ngx_conf_t *cf,
-    ngx_http_dify_main_conf_t *mcf, ngx_http_dify_redis_conf_t *dst,
-    ngx_http_dify_redis_conf_t *addr)
-{
-    ngx_url_t                       u;
-    ngx_http_dify_redis_conf_t     *rcf;
-    ngx_http_dify_sentinel_conf_t  *scf;
-
-    rcf = mcf->redis;
-    scf = mcf->sentinel;
-
-    *dst = *rcf;
-
-    dst->address = addr->address;
-    dst->host = addr->host;
-    dst->port = addr->port;
-    dst->addrs = addr->addrs;
-    dst->naddrs = addr->naddrs;
-    dst->is_name = addr->is_name;
-    dst->resolver = NULL;
-    dst->db = 0;
-    dst->user.len = 0;
-    dst->password.len = 0;
-    dst->init = NULL;
-    dst->addresses = NULL;
-
-    /* a Sentinel answers quickly or not at all */
-    dst->timeout = rcf->connect_timeout;
-
-#if (NGX_SSL)
-    if (rcf->ssl && mcf->ssl_name.len == 0) {
-        /* the Sentinel's own name is verified (host is NUL-terminated) */
-        dst->ssl_name = addr->host;
-
-        if (rcf->ssl_verify && dst->ssl_name.len == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "dify_status_redis \"%V\": a unix socket "
-                               "with \"ssl\" needs "
-                               "\"dify_status_redis_ssl_name\" to verify",
-                               &addr->address);
-            return NGX_ERROR;
-        }
-    }
-#endif
-
-    if (!dst->is_name) {
-        return NGX_OK;
-    }
-
-    if (scf->resolver != NULL) {
-        dst->resolver = scf->resolver;
-        dst->resolver_timeout = scf->resolver_timeout;
-        return NGX_OK;
-    }
-
-    /* a blocking lookup, in the master, at start and on every reload */
-
-    ngx_memzero(&u, sizeof(ngx_url_t));
-
-    u.url = addr->address;
-    u.default_port = DIFY_REDIS_DEFAULT_PORT;
-
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "dify_status_redis: %s in \"%V\" (without a "
-                           "\"resolver\" at http level, the name is resolved "
-                           "once, at configuration time)",
-                           u.err ? u.err : "host not found", &addr->address);
-        return NGX_ERROR;
-    }
-
-    dst->addrs = u.addrs;
-    dst->naddrs = u.naddrs;
-    dst->is_name = 0;
 
     return NGX_OK;
 }
@@ -407,6 +316,8 @@ ngx_http_dify_sentinel_create(ngx_cycle_t *cycle,
 
     st->conf = scf;
     st->rcf = mcf->redis;
+    st->resolver = mcf->redis_resolver;
+    st->resolver_timeout = mcf->redis_resolver_timeout;
     st->log = cycle->log;
     st->primary = primary;
     st->backoff = NGX_HTTP_DIFY_SENTINEL_BACKOFF_MIN;
@@ -848,7 +759,6 @@ ngx_http_dify_sentinel_node_conf(ngx_http_dify_sentinel_t *st,
     conf = &node->conf;
     *conf = *st->rcf;
 
-    conf->addresses = NULL;
     conf->resolver = NULL;
     conf->addrs = NULL;
     conf->naddrs = 0;
@@ -897,7 +807,7 @@ ngx_http_dify_sentinel_node_conf(ngx_http_dify_sentinel_t *st,
     if (addr.type == DIFY_REDIS_ADDR_NAME) {
         /* announce-hostnames yes */
 
-        if (st->conf->resolver == NULL) {
+        if (st->resolver == NULL) {
             ngx_http_dify_sentinel_failed(st,
                                       NGX_HTTP_DIFY_SENTINEL_LOG_ADDRESS,
                                       "the sentinels name \"%V\" as the "
@@ -908,8 +818,8 @@ ngx_http_dify_sentinel_node_conf(ngx_http_dify_sentinel_t *st,
         }
 
         conf->is_name = 1;
-        conf->resolver = st->conf->resolver;
-        conf->resolver_timeout = st->conf->resolver_timeout;
+        conf->resolver = st->resolver;
+        conf->resolver_timeout = st->resolver_timeout;
 
         return NGX_OK;
     }
