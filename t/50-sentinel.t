@@ -637,7 +637,13 @@ SKIP: {
     my $t2 = DifyTest->new;
     my @bad = (
         [ 'dify_status_redis 127.0.0.1:1 127.0.0.1:2;',
-          qr/several addresses need "sentinel="/ ],
+          qr/several addresses need "cluster" \(seed nodes\) or "sentinel="/ ],
+        [ 'dify_status_redis 127.0.0.1:1 127.0.0.1:2 cluster sentinel=m;',
+          qr/"cluster" and "sentinel=" cannot be used together/ ],
+        [ 'dify_status_redis 127.0.0.1:1 127.0.0.1:1 sentinel=m;',
+          qr/duplicate address "127\.0\.0\.1:1"/ ],
+        [ 'dify_status_redis 127.0.0.1:1 tls sentinel=m;',
+          qr/invalid parameter "tls"/ ],
         [ 'dify_status_redis 127.0.0.1:1 sentinel=;',
           qr/invalid parameter "sentinel="/ ],
         [ 'dify_status_redis 127.0.0.1:1 sentinel_password=;',
@@ -646,8 +652,8 @@ SKIP: {
           qr/"sentinel_user=" and "sentinel_password=" require "sentinel="/ ],
         [ 'dify_status_redis 127.0.0.1:1 sentinel=m sentinel_user=u;',
           qr/"sentinel_user=" requires "sentinel_password="/ ],
-        [ 'dify_status_redis 127.0.0.1:1 bad..name sentinel=m;',
-          qr/invalid address "bad\.\.name"/ ],
+        [ 'dify_status_redis 127.0.0.1:1 bad..name:26379 sentinel=m;',
+          qr/invalid address "bad\.\.name:26379"/ ],
         [ 'dify_status_redis 127.0.0.1:1 sentinel=m password=;',
           qr/invalid parameter "password="/ ],
     );

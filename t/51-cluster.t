@@ -334,6 +334,10 @@ subtest 'keys of every primary: their state there, exact counts on each'
         my $n = metric($t, 'dify_status_redis_node_commands_total',
                        "node=\"127.0.0.1:$p\"");
         ok defined $n && $n > 0, "commands counted for 127.0.0.1:$p";
+        my $up = metric($t, 'dify_status_redis_connections_up',
+                        "node=\"127.0.0.1:$p\"");
+        ok defined $up && $up >= 1,
+           "connections_up by node: a connection up to 127.0.0.1:$p";
     }
 
     ok metrics_sum('dify_status_redis_topology_refreshes_total') >= 4,
