@@ -24,9 +24,9 @@ SRCS      := $(wildcard $(SRCDIR)/*.c $(SRCDIR)/*.h) config
 PURE_SRCS := $(wildcard $(SRCDIR)/dify_*.c)
 
 DEB_PKGS  := nginx nginx-dev libhiredis-dev libjansson-dev libssl-dev \
-             redis-server libcmocka-dev gcc make perl curl wrk valgrind \
-             clang libclang-rt-14-dev procps iproute2 dnsmasq-base \
-             libfaketime
+             redis-server redis-sentinel libcmocka-dev gcc make perl curl \
+             wrk valgrind clang libclang-rt-14-dev procps iproute2 \
+             dnsmasq-base libfaketime
 
 CC_OPT    := -g -O2 -fstack-protector-strong -Wformat \
              -Werror=format-security -fPIC -D_FORTIFY_SOURCE=2 \

@@ -6,7 +6,10 @@
  * and satisfy what the nginx glue relies on (a port in range, a host
  * with no NUL, ':' or brackets unless IPv6, a unix path starting with
  * '/').  The same bytes are an error reply's text for
- * dify_redis_error_class(), whose class must have a name.
+ * dify_redis_error_class(), whose class must have a name; a
+ * "+switch-master" payload, whose new address must lie inside the input
+ * with a port in range; and RESP bytes, whose first reply, if any, goes
+ * to the Sentinel reply parsers.
  */
 
 
@@ -31,7 +34,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const char         *s, *err, *name;
+    int                 rc;
+    void               *reply;
+    size_t              hlen;
+    unsigned            port;
+    const char         *s, *err, *name, *h;
+    redisReader        *rd;
     dify_redis_err_e    cls;
     dify_redis_addr_t   a;
 
@@ -69,6 +77,46 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     name = dify_redis_error_name(cls);
     dify_fuzz_assert(name != NULL && strlen(name) > 0);
+
+    if (dify_redis_switch_master(s, size, "mymaster", 8, &h, &hlen, &port)
+        == 0)
+    {
+        dify_fuzz_assert(size > 8 && memcmp(s, "mymaster", 8) == 0);
+        dify_fuzz_assert(h >= s && h + hlen <= s + size);
+        dify_fuzz_assert(hlen > 0 && hlen <= 255);
+        dify_fuzz_assert(memchr(h, ' ', hlen) == NULL);
+        dify_fuzz_assert(port >= 1 && port <= 65535);
+    }
+
+    rd = redisReaderCreate();
+    if (rd == NULL) {
+        return 0;
+    }
+
+    reply = NULL;
+
+    if (redisReaderFeed(rd, s, size) == REDIS_OK
+        && redisReaderGetReply(rd, &reply) == REDIS_OK
+        && reply != NULL)
+    {
+        rc = dify_redis_sentinel_master(reply, &h, &hlen, &port);
+        dify_fuzz_assert(rc >= -1 && rc <= 1);
+
+        if (rc == 0) {
+            dify_fuzz_assert(hlen > 0 && hlen <= 255);
+            dify_fuzz_assert(memchr(h, '\0', hlen) == NULL);
+            dify_fuzz_assert(port >= 1 && port <= 65535);
+        }
+
+        rc = dify_redis_role_master(reply);
+        dify_fuzz_assert(rc == 0 || rc == 1);
+    }
+
+    if (reply != NULL) {
+        freeReplyObject(reply);
+    }
+
+    redisReaderFree(rd);
 
     return 0;
 }

@@ -349,3 +349,145 @@ dify_redis_ipv6(const char *p, size_t len)
 
     return memchr(p, ':', len) != NULL;
 }
+
+
+static int
+dify_redis_port(const char *s, size_t len, unsigned *port)
+{
+    size_t    i;
+    unsigned  n;
+
+    if (len == 0 || len > 5) {
+        return -1;
+    }
+
+    n = 0;
+
+    for (i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return -1;
+        }
+
+        n = n * 10 + (unsigned) (s[i] - '0');
+    }
+
+    if (n == 0 || n > 65535) {
+        return -1;
+    }
+
+    *port = n;
+
+    return 0;
+}
+
+
+int
+dify_redis_sentinel_master(const redisReply *r, const char **host,
+    size_t *host_len, unsigned *port)
+{
+    const redisReply  *h, *p;
+
+    if (r->type == REDIS_REPLY_NIL) {
+        return 1;
+    }
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        return -1;
+    }
+
+    h = r->element[0];
+    p = r->element[1];
+
+    if (h->type != REDIS_REPLY_STRING || h->len == 0 || h->len > 255
+        || memchr(h->str, '\0', h->len) != NULL
+        || memchr(h->str, ' ', h->len) != NULL)
+    {
+        return -1;
+    }
+
+    if (p->type == REDIS_REPLY_INTEGER) {
+        if (p->integer <= 0 || p->integer > 65535) {
+            return -1;
+        }
+
+        *port = (unsigned) p->integer;
+
+    } else if (p->type != REDIS_REPLY_STRING
+               || dify_redis_port(p->str, p->len, port) != 0)
+    {
+        return -1;
+    }
+
+    *host = h->str;
+    *host_len = h->len;
+
+    return 0;
+}
+
+
+int
+dify_redis_role_master(const redisReply *r)
+{
+    const redisReply  *e;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
+        return 0;
+    }
+
+    e = r->element[0];
+
+    return (e->type == REDIS_REPLY_STRING
+            && e->len == sizeof("master") - 1
+            && memcmp(e->str, "master", sizeof("master") - 1) == 0);
+}
+
+
+int
+dify_redis_switch_master(const char *s, size_t len, const char *name,
+    size_t name_len, const char **host, size_t *host_len, unsigned *port)
+{
+    size_t       n, wlen[5];
+    const char  *p, *end, *w[5];
+
+    p = s;
+    end = s + len;
+
+    for (n = 0; n < 5; n++) {
+        while (p < end && *p == ' ') {
+            p++;
+        }
+
+        w[n] = p;
+
+        while (p < end && *p != ' ') {
+            p++;
+        }
+
+        wlen[n] = (size_t) (p - w[n]);
+
+        if (wlen[n] == 0) {
+            return -1;
+        }
+    }
+
+    while (p < end && *p == ' ') {
+        p++;
+    }
+
+    if (p != end) {
+        return -1;
+    }
+
+    if (wlen[0] != name_len || memcmp(w[0], name, name_len) != 0) {
+        return -1;
+    }
+
+    if (dify_redis_port(w[4], wlen[4], port) != 0 || wlen[3] > 255) {
+        return -1;
+    }
+
+    *host = w[3];
+    *host_len = wlen[3];
+
+    return 0;
+}

@@ -2,8 +2,9 @@
  * Copyright (C) The ngx_dify_status_module authors
  *
  * What the Redis side needs that needs no nginx: the address of a
- * server as dify_status_redis takes it, and the class of an error reply.
- * Pure logic: no nginx header is included here.
+ * server as dify_status_redis takes it, the class of an error reply,
+ * and the replies of Sentinel.
+ * Pure logic: no nginx header is included here (hiredis types only).
  */
 
 
@@ -12,6 +13,7 @@
 
 
 #include <stddef.h>
+#include <hiredis/hiredis.h>
 
 
 #define DIFY_REDIS_DEFAULT_PORT  6379
@@ -71,6 +73,27 @@ dify_redis_err_e dify_redis_error_class(const char *str, size_t len);
 
 /* "noscript", "noperm", ...: a metric label; "none" for NONE */
 const char *dify_redis_error_name(dify_redis_err_e cls);
+
+
+/*
+ * SENTINEL GET-MASTER-ADDR-BY-NAME: [$ip, $port], the port a bulk string
+ * (Redis 7.0).  Returns 0 with *host (into the reply) and *port, 1 when
+ * the Sentinel knows no master of that name (a nil reply), -1 for any
+ * other reply, an error included.
+ */
+int dify_redis_sentinel_master(const redisReply *r, const char **host,
+    size_t *host_len, unsigned *port);
+
+/* ROLE: 1 when its first element is "master", 0 otherwise */
+int dify_redis_role_master(const redisReply *r);
+
+/*
+ * The payload of a "+switch-master" message: "<name> <old-ip> <old-port>
+ * <new-ip> <new-port>".  Returns 0 with the new address (into s) when
+ * it is about the master "name", -1 otherwise.
+ */
+int dify_redis_switch_master(const char *s, size_t len, const char *name,
+    size_t name_len, const char **host, size_t *host_len, unsigned *port);
 
 
 #endif /* _DIFY_REDIS_H_INCLUDED_ */

@@ -127,11 +127,17 @@ struct ngx_http_dify_redis_conn_s {
     /* the command whose deadline is being acted on, NULL once freed */
     ngx_http_dify_redis_cmd_t     *expiring;
 
+    /* pub/sub messages ("message" arrays), when subscribed */
+    ngx_http_dify_redis_pt         push;
+    void                          *push_data;
+
     ngx_uint_t                     state;
     ngx_uint_t                     logged;      /* _LOG_* */
     ngx_uint_t                     epoch;
     ngx_msec_t                     backoff;     /* the next reconnect delay */
     ngx_msec_t                     last_reply;  /* fresh clock, in ms */
+
+    ngx_int_t                      node;        /* its metrics, or -1 */
 
     unsigned                       exiting:1;
 };
@@ -192,15 +198,25 @@ ngx_http_dify_redis_conn_t *
 ngx_http_dify_redis_conn_create(ngx_cycle_t *cycle,
     ngx_http_dify_redis_conf_t *conf)
 {
+    return ngx_http_dify_redis_conn_create_pool(cycle->pool, cycle->log,
+                                                conf);
+}
+
+
+ngx_http_dify_redis_conn_t *
+ngx_http_dify_redis_conn_create_pool(ngx_pool_t *pool, ngx_log_t *log,
+    ngx_http_dify_redis_conf_t *conf)
+{
     ngx_http_dify_redis_conn_t  *rc;
 
-    rc = ngx_pcalloc(cycle->pool, sizeof(ngx_http_dify_redis_conn_t));
+    rc = ngx_pcalloc(pool, sizeof(ngx_http_dify_redis_conn_t));
     if (rc == NULL) {
         return NULL;
     }
 
     rc->conf = conf;
-    rc->log = cycle->log;
+    rc->log = log;
+    rc->node = conf->control ? -1 : ngx_http_dify_metrics_node(&conf->address);
 
     /*
      * nginx's own messages about the socket (connect(), recv(), OpenSSL's
@@ -208,7 +224,7 @@ ngx_http_dify_redis_conn_create(ngx_cycle_t *cycle,
      * with the last of them
      */
 
-    rc->quiet = *cycle->log;
+    rc->quiet = *log;
     rc->quiet.log_level = NGX_LOG_INFO;
     rc->quiet.writer = ngx_http_dify_redis_said;
     rc->quiet.wdata = rc;
@@ -221,17 +237,17 @@ ngx_http_dify_redis_conn_create(ngx_cycle_t *cycle,
 
     rc->reconnect.handler = ngx_http_dify_redis_reconnect_handler;
     rc->reconnect.data = rc;
-    rc->reconnect.log = cycle->log;
+    rc->reconnect.log = log;
     rc->reconnect.cancelable = 1;
 
     rc->handshake.handler = ngx_http_dify_redis_handshake_timeout;
     rc->handshake.data = rc;
-    rc->handshake.log = cycle->log;
+    rc->handshake.log = log;
     rc->handshake.cancelable = 1;
 
     rc->refresh.handler = ngx_http_dify_redis_refresh_handler;
     rc->refresh.data = rc;
-    rc->refresh.log = cycle->log;
+    rc->refresh.log = log;
     rc->refresh.cancelable = 1;
 
     rc->backoff = NGX_HTTP_DIFY_REDIS_BACKOFF_MIN;
@@ -265,6 +281,46 @@ ngx_http_dify_redis_conn_close(ngx_http_dify_redis_conn_t *rc)
         rc->ssl_session = NULL;
     }
 #endif
+}
+
+
+/*
+ * As a failure would, but for good: every command called back with NULL
+ * (outside of its handler), then closed as by _close().  The handlers
+ * may send commands elsewhere; this connection refuses them.  The
+ * caller frees the pool once the current event is over (it may be this
+ * connection's own).
+ */
+
+void
+ngx_http_dify_redis_conn_drop(ngx_http_dify_redis_conn_t *rc)
+{
+    if (rc->exiting) {
+        return;
+    }
+
+    if (rc->reconnect.timer_set) {
+        ngx_del_timer(&rc->reconnect);
+    }
+
+    ngx_http_dify_redis_close(rc);
+    ngx_http_dify_redis_conn_close(rc);
+}
+
+
+ngx_uint_t
+ngx_http_dify_redis_conn_is_up(ngx_http_dify_redis_conn_t *rc)
+{
+    return rc->state == NGX_HTTP_DIFY_REDIS_UP;
+}
+
+
+void
+ngx_http_dify_redis_conn_set_push(ngx_http_dify_redis_conn_t *rc,
+    ngx_http_dify_redis_pt handler, void *data)
+{
+    rc->push = handler;
+    rc->push_data = data;
 }
 
 
@@ -341,7 +397,10 @@ ngx_http_dify_redis_conn_send(ngx_http_dify_redis_conn_t *rc,
                    "dify_status redis: command %p %*s, timeout %M ms",
                    cmd, argvlen[0], argv[0], timeout);
 
-    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_COMMANDS);
+    if (!rc->conf->control) {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_COMMANDS);
+        ngx_http_dify_metrics_node_inc(rc->node, 1, 0);
+    }
 
     return cmd;
 }
@@ -1227,7 +1286,12 @@ ngx_http_dify_redis_handshake_reply(redisReply *reply, void *data)
     }
 
     rc->state = NGX_HTTP_DIFY_REDIS_UP;
-    ngx_http_dify_metrics_redis_up(1);
+
+    if (!rc->conf->control) {
+        ngx_http_dify_metrics_redis_up(1);
+        ngx_http_dify_metrics_node_inc(rc->node, 0, 1);
+    }
+
     rc->backoff = NGX_HTTP_DIFY_REDIS_BACKOFF_MIN;
     rc->logged = NGX_HTTP_DIFY_REDIS_LOG_NONE;
 
@@ -1459,6 +1523,22 @@ ngx_http_dify_redis_dispatch(ngx_http_dify_redis_conn_t *rc,
     ngx_http_dify_redis_pt      handler;
     ngx_http_dify_redis_cmd_t  *cmd;
 
+    /* a subscribed connection: ["message", channel, payload] is pushed */
+
+    if (rc->push != NULL
+        && reply->type == REDIS_REPLY_ARRAY
+        && reply->elements == 3
+        && reply->element[0]->type == REDIS_REPLY_STRING
+        && reply->element[0]->len == sizeof("message") - 1
+        && ngx_strncmp(reply->element[0]->str, "message",
+                       sizeof("message") - 1)
+           == 0)
+    {
+        rc->last_reply = ngx_http_dify_redis_msec();
+        rc->push(reply, rc->push_data);
+        return;
+    }
+
     if (ngx_queue_empty(&rc->pending)) {
         ngx_http_dify_redis_failed(rc, NGX_HTTP_DIFY_REDIS_LOG_NETWORK, 0,
                                    "lost: a reply to no command");
@@ -1486,7 +1566,7 @@ ngx_http_dify_redis_dispatch(ngx_http_dify_redis_conn_t *rc,
 
     if (handler != NULL) {
 
-        if (cmd->timeout) {
+        if (cmd->timeout && !rc->conf->control) {
             ngx_http_dify_metrics_rtt((ngx_msec_int_t)
                                       (ngx_http_dify_redis_usec()
                                        - cmd->start));
@@ -1761,8 +1841,9 @@ ngx_http_dify_redis_close(ngx_http_dify_redis_conn_t *rc)
         rc->resolving = NULL;
     }
 
-    if (rc->state == NGX_HTTP_DIFY_REDIS_UP) {
+    if (rc->state == NGX_HTTP_DIFY_REDIS_UP && !rc->conf->control) {
         ngx_http_dify_metrics_redis_up(-1);
+        ngx_http_dify_metrics_node_inc(rc->node, 0, -1);
     }
 
     rc->state = NGX_HTTP_DIFY_REDIS_CLOSED;
@@ -1799,7 +1880,10 @@ ngx_http_dify_redis_close(ngx_http_dify_redis_conn_t *rc)
         cmd->handler = NULL;
 
         if (handler != NULL && cmd->timeout && !rc->exiting) {
-            ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
+            if (!rc->conf->control) {
+                ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
+            }
+
             handler(NULL, cmd->data);
         }
 
@@ -1899,7 +1983,9 @@ done:
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rc->log, 0,
                    "dify_status redis: %p timed out", cmd);
 
-    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_TIMEOUTS);
+    if (!rc->conf->control) {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_TIMEOUTS);
+    }
 
     handler = cmd->handler;
     data = cmd->data;
@@ -1985,7 +2071,9 @@ ngx_http_dify_redis_reconnect_handler(ngx_event_t *ev)
         return;
     }
 
-    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_RECONNECTS);
+    if (!rc->conf->control) {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_RECONNECTS);
+    }
 
     ngx_http_dify_redis_connect(rc);
 }

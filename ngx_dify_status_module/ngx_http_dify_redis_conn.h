@@ -48,6 +48,9 @@ typedef struct {
     /* of ngx_str_t: formatted commands sent after AUTH and SELECT */
     ngx_array_t               *init;
 
+    /* a Sentinel's: counted in no data metric (commands, connections) */
+    ngx_flag_t                 control;
+
     ngx_flag_t                 ssl;
 #if (NGX_SSL)
     ngx_ssl_t                 *ssl_ctx;
@@ -77,8 +80,27 @@ typedef void (*ngx_http_dify_redis_pt)(redisReply *reply, void *data);
 /* allocated from the cycle's pool; connects at once */
 ngx_http_dify_redis_conn_t *ngx_http_dify_redis_conn_create(
     ngx_cycle_t *cycle, ngx_http_dify_redis_conf_t *conf);
+/* the same, from a pool of the caller's, with its log */
+ngx_http_dify_redis_conn_t *ngx_http_dify_redis_conn_create_pool(
+    ngx_pool_t *pool, ngx_log_t *log, ngx_http_dify_redis_conf_t *conf);
 /* closes the socket, frees every command and calls no handler */
 void ngx_http_dify_redis_conn_close(ngx_http_dify_redis_conn_t *rc);
+/*
+ * Closes the connection for good, calling every command back with NULL
+ * first, as a failure does (a primary replaced after a failover).  The
+ * caller frees the connection's pool only once the current event is
+ * over: this may run in a handler of the connection's own.
+ */
+void ngx_http_dify_redis_conn_drop(ngx_http_dify_redis_conn_t *rc);
+/* 1 once the handshake is done, until the connection fails */
+ngx_uint_t ngx_http_dify_redis_conn_is_up(ngx_http_dify_redis_conn_t *rc);
+/*
+ * Pub/sub: once set, a ["message", channel, payload] reply goes to this
+ * handler instead of the oldest command (SUBSCRIBE is one of the init
+ * commands, so that every new connection subscribes again)
+ */
+void ngx_http_dify_redis_conn_set_push(ngx_http_dify_redis_conn_t *rc,
+    ngx_http_dify_redis_pt handler, void *data);
 /*
  * A number that changes with every new connection and with every
  * ngx_http_dify_redis_conn_bump() (see the command layer's scripts),

@@ -22,6 +22,7 @@
 #include "dify_gcra.h"
 #include "dify_key.h"
 #include "dify_redis.h"
+#include "dify_cluster.h"
 
 #include "ngx_http_dify_redis_conn.h"
 
@@ -116,6 +117,9 @@ typedef enum {
 typedef struct ngx_http_dify_redis_s      ngx_http_dify_redis_t;
 typedef struct ngx_http_dify_redis_req_s  ngx_http_dify_redis_req_t;
 typedef struct ngx_http_dify_limiter_s    ngx_http_dify_limiter_t;
+typedef struct ngx_http_dify_sentinel_s   ngx_http_dify_sentinel_t;
+typedef struct ngx_http_dify_cluster_s    ngx_http_dify_cluster_t;
+typedef struct ngx_http_dify_cluster_cmd_s  ngx_http_dify_cluster_cmd_t;
 
 
 /* one dify_status_limit */
@@ -128,6 +132,18 @@ typedef struct {
 } ngx_http_dify_limit_conf_t;
 
 
+/* dify_status_redis ... sentinel=name: see ngx_http_dify_status_sentinel.c */
+typedef struct {
+    ngx_str_t                  name;        /* the master's, at Sentinel */
+    ngx_str_t                  user;
+    ngx_str_t                  password;
+    ngx_uint_t                 n;
+    ngx_http_dify_redis_conf_t *query;      /* n: one per Sentinel */
+    ngx_http_dify_redis_conf_t *events;     /* n: subscribed */
+    ngx_flag_t                 ssl_name;    /* dify_status_redis_ssl_name */
+} ngx_http_dify_sentinel_conf_t;
+
+
 typedef struct {
     ngx_str_t                  text;
     u_char                     sha1[DIFY_SHA1_HEX_LEN];
@@ -136,6 +152,18 @@ typedef struct {
 
 typedef struct {
     ngx_http_dify_redis_conf_t *redis;      /* NULL: no Redis configured */
+
+    /*
+     * of ngx_http_dify_redis_conf_t: every address of dify_status_redis
+     * with the same settings, as written; *redis is the first.  Those of
+     * a Cluster are its seed nodes, those of "sentinel=" the Sentinels.
+     */
+    ngx_array_t               *redis_addrs;
+    ngx_flag_t                 redis_cluster;
+    ngx_http_dify_sentinel_conf_t *sentinel;  /* NULL: no Sentinel */
+    /* the http level's resolver, for the names reported by Redis */
+    ngx_resolver_t            *redis_resolver;
+    ngx_msec_t                 redis_resolver_timeout;
     ngx_shm_zone_t            *shm_zone;    /* keys' state, see limit.c */
     size_t                     shm_size;
     ngx_shm_zone_t            *metrics_zone;
@@ -235,6 +263,43 @@ ngx_http_dify_redis_req_t *ngx_http_dify_redis_eval(
 void ngx_http_dify_redis_cancel(ngx_http_dify_redis_req_t *req);
 
 
+/*
+ * ngx_http_dify_status_sentinel.c: the primary named by the Sentinels,
+ * followed through failovers; the command layer calls _suspect() when a
+ * command on the primary failed in a way a failover explains
+ */
+ngx_int_t ngx_http_dify_sentinel_parameter(ngx_conf_t *cf,
+    ngx_http_dify_main_conf_t *mcf, ngx_str_t *value);
+ngx_int_t ngx_http_dify_sentinel_check(ngx_conf_t *cf,
+    ngx_http_dify_main_conf_t *mcf, ngx_http_dify_redis_conf_t *rcf);
+ngx_int_t ngx_http_dify_sentinel_init_conf(ngx_conf_t *cf,
+    ngx_http_dify_main_conf_t *mcf);
+ngx_http_dify_sentinel_t *ngx_http_dify_sentinel_create(ngx_cycle_t *cycle,
+    ngx_http_dify_main_conf_t *mcf, ngx_http_dify_redis_conn_t **primary);
+void ngx_http_dify_sentinel_destroy(ngx_http_dify_sentinel_t *st);
+void ngx_http_dify_sentinel_suspect(ngx_http_dify_sentinel_t *st,
+    ngx_http_dify_redis_conn_t *conn);
+
+
+/*
+ * ngx_http_dify_status_cluster.c: Redis Cluster under the command
+ * layer, per worker.  A command goes to the node of its slot and
+ * follows MOVED and ASK; its handler is called exactly once, as the
+ * transport's is, unless cancelled first or the worker is exiting.
+ * argv and argvlen must live until then.
+ */
+ngx_http_dify_cluster_t *ngx_http_dify_cluster_create(ngx_cycle_t *cycle,
+    ngx_http_dify_main_conf_t *mcf);
+void ngx_http_dify_cluster_close(ngx_http_dify_cluster_t *cl);
+ngx_http_dify_cluster_cmd_t *ngx_http_dify_cluster_send(
+    ngx_http_dify_cluster_t *cl, ngx_uint_t slot,
+    ngx_http_dify_redis_pt handler, void *data, ngx_msec_t timeout,
+    int argc, const char **argv, const size_t *argvlen);
+void ngx_http_dify_cluster_cancel(ngx_http_dify_cluster_cmd_t *ccmd);
+ngx_http_dify_redis_cmd_t *ngx_http_dify_cluster_last(
+    ngx_http_dify_cluster_cmd_t *ccmd, ngx_http_dify_redis_conn_t **conn);
+
+
 /* ngx_http_dify_status_metrics.c: counters in shared memory */
 typedef enum {
     NGX_HTTP_DIFY_M_CHECKED = 0,        /* requests intercepted */
@@ -249,6 +314,10 @@ typedef enum {
     NGX_HTTP_DIFY_M_REDIS_NOSCRIPT,
     NGX_HTTP_DIFY_M_REDIS_RESOLVE_FAILURES,
     NGX_HTTP_DIFY_M_REDIS_TLS_FAILURES,
+    NGX_HTTP_DIFY_M_REDIS_MOVED,        /* Cluster redirections */
+    NGX_HTTP_DIFY_M_REDIS_ASK,
+    NGX_HTTP_DIFY_M_REDIS_TOPOLOGY_REFRESHES,   /* Sentinel, Cluster */
+    NGX_HTTP_DIFY_M_REDIS_FAILOVERS,    /* primaries replaced */
     NGX_HTTP_DIFY_M_FALLBACK_ALLOW,
     NGX_HTTP_DIFY_M_FALLBACK_DENY,
     NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED,
@@ -262,6 +331,10 @@ void ngx_http_dify_metrics_rtt(ngx_msec_int_t usec);   /* in microseconds */
 void ngx_http_dify_metrics_redis_error(ngx_uint_t cls); /* dify_redis_err_e */
 /* connections up: +1 when one is, -1 when it no longer is */
 void ngx_http_dify_metrics_redis_up(ngx_int_t delta);
+/* a Redis node's counters by its address: an index, or -1 (not counted) */
+ngx_int_t ngx_http_dify_metrics_node(ngx_str_t *name);
+void ngx_http_dify_metrics_node_inc(ngx_int_t node, ngx_int_t commands,
+    ngx_int_t up);
 ngx_int_t ngx_http_dify_metrics_init_conf(ngx_conf_t *cf,
     ngx_http_dify_main_conf_t *mcf);
 char *ngx_http_dify_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,

@@ -20,10 +20,26 @@
 #define NGX_HTTP_DIFY_METRICS_NBOUNDS     11
 #define NGX_HTTP_DIFY_METRICS_NBUCKETS    (NGX_HTTP_DIFY_METRICS_NBOUNDS + 1)
 
+/*
+ * the Redis nodes counted apart, by address, the first ones seen: the
+ * primaries named by the Sentinels, or the nodes of a Cluster
+ */
+#define NGX_HTTP_DIFY_METRICS_NODES       64
+#define NGX_HTTP_DIFY_METRICS_NODE_LEN    128
+
 /* the counters with no labels: those before the fallback ones */
 #define NGX_HTTP_DIFY_METRICS_NPLAIN      NGX_HTTP_DIFY_M_FALLBACK_ALLOW
 #define NGX_HTTP_DIFY_METRICS_NFALLBACK                                       \
     (NGX_HTTP_DIFY_M_NCOUNTERS - NGX_HTTP_DIFY_METRICS_NPLAIN)
+
+
+/* a Redis node (its address as the transport names it) */
+typedef struct {
+    ngx_atomic_t               commands;
+    ngx_atomic_t               up;                  /* a gauge */
+    size_t                     len;
+    u_char                     name[NGX_HTTP_DIFY_METRICS_NODE_LEN];
+} ngx_http_dify_metrics_node_t;
 
 
 /*
@@ -41,6 +57,10 @@ typedef struct {
     ngx_atomic_t               rtt_sum;             /* in microseconds */
     ngx_atomic_t               errors[DIFY_REDIS_ERR_N];
     ngx_atomic_t               redis_up;            /* a gauge */
+
+    /* entries below nnodes are written once, under the zone's mutex */
+    ngx_atomic_t               nnodes;
+    ngx_http_dify_metrics_node_t  nodes[NGX_HTTP_DIFY_METRICS_NODES];
 } ngx_http_dify_metrics_sh_t;
 
 
@@ -54,6 +74,10 @@ typedef struct {
     ngx_atomic_uint_t          errors[DIFY_REDIS_ERR_N];
     ngx_atomic_int_t           redis_up;
     ngx_str_t                  node;                /* its label */
+    ngx_uint_t                 nnodes;
+    ngx_str_t                  node_names[NGX_HTTP_DIFY_METRICS_NODES];
+    ngx_atomic_uint_t          node_commands[NGX_HTTP_DIFY_METRICS_NODES];
+    ngx_atomic_int_t           node_up[NGX_HTTP_DIFY_METRICS_NODES];
 } ngx_http_dify_metrics_snap_t;
 
 
@@ -135,7 +159,27 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
 
     { ngx_string("dify_status_redis_tls_failures_total"),
       ngx_string("TLS handshakes with Redis that failed, or whose "
-                 "certificate was refused.") }
+                 "certificate was refused.") },
+
+    { ngx_string("dify_status_redis_moved_total"),
+      ngx_string("MOVED redirections from a Redis Cluster node; each "
+                 "resends the command to the node named.") },
+
+    { ngx_string("dify_status_redis_ask_total"),
+      ngx_string("ASK redirections from a Redis Cluster node (a slot "
+                 "being migrated); each sends ASKING and the command to "
+                 "the node named.") },
+
+    { ngx_string("dify_status_redis_topology_refreshes_total"),
+      ngx_string("Lookups of the topology: rounds of questions to the "
+                 "Sentinels for the primary, or Redis Cluster slot maps "
+                 "read (CLUSTER SLOTS) and applied.") },
+
+    { ngx_string("dify_status_redis_failovers_total"),
+      ngx_string("Primaries replaced: +switch-master events naming a new "
+                 "primary, or a Redis Cluster slot served by a node that "
+                 "was not a primary (a promoted replica), as each "
+                 "worker's slot map shows it.") }
 };
 
 
@@ -172,6 +216,14 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_up_f = {
     ngx_string("dify_status_redis_connections_up"),
     ngx_string("Connections to Redis established and answering, summed "
                "over the workers, by node (address as configured).")
+};
+
+
+static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_node_f = {
+    ngx_string("dify_status_redis_node_commands_total"),
+    ngx_string("Commands sent to Redis, by node (its address; under "
+               "Sentinel, each primary named; in a Cluster, host:port as "
+               "the cluster reports it, or as configured).")
 };
 
 
@@ -276,6 +328,95 @@ ngx_http_dify_metrics_redis_up(ngx_int_t delta)
     }
 
     (void) ngx_atomic_fetch_add(&sh->redis_up, (ngx_atomic_int_t) delta);
+}
+
+
+/*
+ * The index of a node's counters, made on first use (once per new
+ * connection object, not per command); -1 when the table is full or
+ * there is no zone.
+ */
+
+ngx_int_t
+ngx_http_dify_metrics_node(ngx_str_t *name)
+{
+    size_t                         len;
+    ngx_int_t                      node;
+    ngx_uint_t                     i, n;
+    ngx_slab_pool_t               *shpool;
+    ngx_http_dify_main_conf_t     *mcf;
+    ngx_http_dify_metrics_sh_t    *sh;
+    ngx_http_dify_metrics_node_t  *e;
+
+    sh = ngx_http_dify_metrics_shared();
+    if (sh == NULL) {
+        return -1;
+    }
+
+    mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                              ngx_http_dify_status_module);
+
+    shpool = (ngx_slab_pool_t *) mcf->metrics_zone->shm.addr;
+
+    len = ngx_min(name->len, NGX_HTTP_DIFY_METRICS_NODE_LEN);
+    node = -1;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    n = sh->nnodes;
+
+    for (i = 0; i < n; i++) {
+        e = &sh->nodes[i];
+
+        if (e->len == len && ngx_memcmp(e->name, name->data, len) == 0) {
+            node = i;
+            break;
+        }
+    }
+
+    if (node == -1 && n < NGX_HTTP_DIFY_METRICS_NODES) {
+        e = &sh->nodes[n];
+
+        ngx_memcpy(e->name, name->data, len);
+        e->len = len;
+
+        /* the entry is whole before it is counted */
+        ngx_memory_barrier();
+
+        sh->nnodes = n + 1;
+        node = n;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return node;
+}
+
+
+void
+ngx_http_dify_metrics_node_inc(ngx_int_t node, ngx_int_t commands,
+    ngx_int_t up)
+{
+    ngx_http_dify_metrics_sh_t  *sh;
+
+    if (node < 0 || node >= NGX_HTTP_DIFY_METRICS_NODES) {
+        return;
+    }
+
+    sh = ngx_http_dify_metrics_shared();
+    if (sh == NULL) {
+        return;
+    }
+
+    if (commands) {
+        (void) ngx_atomic_fetch_add(&sh->nodes[node].commands,
+                                    (ngx_atomic_int_t) commands);
+    }
+
+    if (up) {
+        (void) ngx_atomic_fetch_add(&sh->nodes[node].up,
+                                    (ngx_atomic_int_t) up);
+    }
 }
 
 
@@ -495,6 +636,22 @@ ngx_http_dify_metrics_snapshot(ngx_http_dify_metrics_sh_t *sh,
     if (mcf != NULL && mcf->redis != NULL) {
         snap->node = mcf->redis->address;
     }
+
+    snap->nnodes = ngx_min(sh->nnodes, NGX_HTTP_DIFY_METRICS_NODES);
+
+    ngx_memory_barrier();
+
+    for (i = 0; i < snap->nnodes; i++) {
+        snap->node_names[i].data = sh->nodes[i].name;
+        snap->node_names[i].len = ngx_min(sh->nodes[i].len,
+                                          NGX_HTTP_DIFY_METRICS_NODE_LEN);
+        snap->node_commands[i] = sh->nodes[i].commands;
+        snap->node_up[i] = (ngx_atomic_int_t) sh->nodes[i].up;
+
+        if (snap->node_up[i] < 0) {
+            snap->node_up[i] = 0;
+        }
+    }
 }
 
 
@@ -562,13 +719,36 @@ ngx_http_dify_metrics_size(ngx_http_dify_metrics_snap_t *snap)
                 + ngx_http_dify_metrics_len(snap->errors[i]);
     }
 
-    if (snap->node.len) {
+    if (snap->node.len && snap->nnodes == 0) {
         f = &ngx_http_dify_metrics_up_f;
 
         size += ngx_http_dify_metrics_header_size(f, "gauge")
                 + f->name.len + sizeof("{node=\"\"} \n") - 1
                 + ngx_http_dify_metrics_label_len(&snap->node)
                 + ngx_http_dify_metrics_len((ngx_atomic_uint_t) snap->redis_up);
+    }
+
+    if (snap->node.len && snap->nnodes) {
+        f = &ngx_http_dify_metrics_up_f;
+
+        size += ngx_http_dify_metrics_header_size(f, "gauge");
+
+        for (i = 0; i < snap->nnodes; i++) {
+            size += f->name.len + sizeof("{node=\"\"} \n") - 1
+                    + ngx_http_dify_metrics_label_len(&snap->node_names[i])
+                    + ngx_http_dify_metrics_len(
+                          (ngx_atomic_uint_t) snap->node_up[i]);
+        }
+    }
+
+    f = &ngx_http_dify_metrics_node_f;
+
+    size += ngx_http_dify_metrics_header_size(f, "counter");
+
+    for (i = 0; i < snap->nnodes; i++) {
+        size += f->name.len + sizeof("{node=\"\"} \n") - 1
+                + ngx_http_dify_metrics_label_len(&snap->node_names[i])
+                + ngx_http_dify_metrics_len(snap->node_commands[i]);
     }
 
     f = &ngx_http_dify_metrics_rtt_f;
@@ -654,13 +834,38 @@ ngx_http_dify_metrics_write(u_char *p, ngx_http_dify_metrics_snap_t *snap)
                         dify_redis_error_name(i), snap->errors[i]);
     }
 
-    if (snap->node.len) {
+    /* by node once a connection has named one, else as configured */
+
+    if (snap->node.len && snap->nnodes == 0) {
         f = &ngx_http_dify_metrics_up_f;
 
         p = ngx_http_dify_metrics_header(p, f, "gauge");
         p = ngx_sprintf(p, "%V{node=\"", &f->name);
         p = ngx_http_dify_metrics_label(p, &snap->node);
         p = ngx_sprintf(p, "\"} %uA\n", (ngx_atomic_uint_t) snap->redis_up);
+    }
+
+    if (snap->node.len && snap->nnodes) {
+        f = &ngx_http_dify_metrics_up_f;
+
+        p = ngx_http_dify_metrics_header(p, f, "gauge");
+
+        for (i = 0; i < snap->nnodes; i++) {
+            p = ngx_sprintf(p, "%V{node=\"", &f->name);
+            p = ngx_http_dify_metrics_label(p, &snap->node_names[i]);
+            p = ngx_sprintf(p, "\"} %uA\n",
+                            (ngx_atomic_uint_t) snap->node_up[i]);
+        }
+    }
+
+    f = &ngx_http_dify_metrics_node_f;
+
+    p = ngx_http_dify_metrics_header(p, f, "counter");
+
+    for (i = 0; i < snap->nnodes; i++) {
+        p = ngx_sprintf(p, "%V{node=\"", &f->name);
+        p = ngx_http_dify_metrics_label(p, &snap->node_names[i]);
+        p = ngx_sprintf(p, "\"} %uA\n", snap->node_commands[i]);
     }
 
     /*

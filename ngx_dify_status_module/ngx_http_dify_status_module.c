@@ -1233,6 +1233,8 @@ ngx_http_dify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_dify_loc_conf_t *prev = parent;
     ngx_http_dify_loc_conf_t *conf = child;
 
+    ngx_http_dify_main_conf_t  *mcf;
+
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
                               64 * 1024);
@@ -1259,6 +1261,26 @@ ngx_http_dify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_str_value(conf->prefix, prev->prefix, "dify:status:");
 
     conf->prefix_crc = ngx_crc32_short(conf->prefix.data, conf->prefix.len);
+
+    /* the limiter's keys carry their own hash tag: one slot per key */
+
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dify_status_module);
+
+    if (mcf->redis_cluster
+        && (ngx_strlchr(conf->prefix.data,
+                        conf->prefix.data + conf->prefix.len, '{')
+            != NULL
+            || ngx_strlchr(conf->prefix.data,
+                           conf->prefix.data + conf->prefix.len, '}')
+               != NULL))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "dify_status_redis_prefix \"%V\" cannot hold "
+                           "\"{\" or \"}\" with a Redis Cluster: the "
+                           "module puts each key's hash tag there",
+                           &conf->prefix);
+        return NGX_CONF_ERROR;
+    }
 
     return NGX_CONF_OK;
 }

@@ -9,6 +9,10 @@
  * with its NOSCRIPT recovery, so that the full script is sent once per
  * connection, not once per request in flight.
  *
+ * Under Sentinel, conn is the current primary's, replaced after a
+ * failover (see ngx_http_dify_status_sentinel.c), and NULL while none is
+ * known.
+ *
  * The dify_status_redis directive is parsed here too.
  */
 
@@ -32,6 +36,8 @@
 struct ngx_http_dify_redis_s {
     ngx_http_dify_redis_conf_t    *conf;
     ngx_http_dify_redis_conn_t    *conn;
+    ngx_http_dify_sentinel_t      *sentinel;    /* or NULL */
+    ngx_http_dify_cluster_t       *cluster;     /* or conn */
     ngx_log_t                     *log;
     ngx_queue_t                    reqs;        /* in flight */
 
@@ -47,6 +53,9 @@ struct ngx_http_dify_redis_req_s {
     ngx_queue_t                    queue;
     ngx_http_dify_redis_script_t  *script;
     ngx_http_dify_redis_cmd_t     *cmd;
+    ngx_http_dify_redis_conn_t    *conn;        /* of cmd */
+    ngx_http_dify_cluster_cmd_t   *ccmd;        /* or cmd */
+    ngx_uint_t                     slot;        /* of the first key */
     ngx_http_dify_redis_pt         handler;     /* NULL: cancelled */
     void                          *data;
     int                            argc;        /* after the script */
@@ -64,6 +73,10 @@ static void ngx_http_dify_redis_error(ngx_http_dify_redis_t *rs,
     redisReply *reply);
 static ngx_int_t ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst,
     u_char *src, size_t len);
+static ngx_int_t ngx_http_dify_redis_parse_address(ngx_conf_t *cf,
+    ngx_http_dify_redis_conf_t *rcf, ngx_str_t *value);
+static ngx_int_t ngx_http_dify_redis_init_addr(ngx_conf_t *cf,
+    ngx_http_dify_main_conf_t *mcf, ngx_http_dify_redis_conf_t *rcf);
 #if (NGX_SSL)
 static ngx_int_t ngx_http_dify_redis_set_ssl(ngx_conf_t *cf,
     ngx_http_dify_main_conf_t *mcf, ngx_http_dify_redis_conf_t *rcf);
@@ -99,9 +112,23 @@ ngx_http_dify_redis_init_process(ngx_cycle_t *cycle,
     rs->log = cycle->log;
     ngx_queue_init(&rs->reqs);
 
-    rs->conn = ngx_http_dify_redis_conn_create(cycle, mcf->redis);
-    if (rs->conn == NULL) {
-        return NGX_ERROR;
+    if (mcf->sentinel != NULL) {
+        rs->sentinel = ngx_http_dify_sentinel_create(cycle, mcf, &rs->conn);
+        if (rs->sentinel == NULL) {
+            return NGX_ERROR;
+        }
+
+    } else if (mcf->redis_cluster) {
+        rs->cluster = ngx_http_dify_cluster_create(cycle, mcf);
+        if (rs->cluster == NULL) {
+            return NGX_ERROR;
+        }
+
+    } else {
+        rs->conn = ngx_http_dify_redis_conn_create(cycle, mcf->redis);
+        if (rs->conn == NULL) {
+            return NGX_ERROR;
+        }
     }
 
     mcf->rs = rs;
@@ -124,7 +151,16 @@ ngx_http_dify_redis_exit_process(ngx_cycle_t *cycle,
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, cycle->log, 0,
                    "dify_status redis: closing on exit");
 
-    ngx_http_dify_redis_conn_close(mcf->rs->conn);
+    if (mcf->rs->cluster != NULL) {
+        ngx_http_dify_cluster_close(mcf->rs->cluster);
+
+    } else if (mcf->rs->conn != NULL) {
+        ngx_http_dify_redis_conn_close(mcf->rs->conn);
+    }
+
+    if (mcf->rs->sentinel != NULL) {
+        ngx_http_dify_sentinel_destroy(mcf->rs->sentinel);
+    }
 
     /* called back by nobody now */
 
@@ -258,6 +294,14 @@ ngx_http_dify_redis_eval(ngx_http_dify_redis_t *rs,
         p = ngx_cpymem(p, argv[i], argvlen[i]);
     }
 
+    /* a Cluster routes by the first key; every key has its slot */
+
+    if (rs->cluster != NULL
+        && argc > 1 && !(argvlen[0] == 1 && argv[0][0] == '0'))
+    {
+        req->slot = dify_cluster_keyslot(argv[1], argvlen[1]);
+    }
+
     if (ngx_http_dify_redis_send(req, 0, timeout) != NGX_OK) {
         ngx_free(req);
         return NULL;
@@ -278,7 +322,12 @@ ngx_http_dify_redis_cancel(ngx_http_dify_redis_req_t *req)
 
     /* the transport calls nothing back for a cancelled command */
 
-    ngx_http_dify_redis_conn_cancel(req->cmd);
+    if (req->rs->cluster != NULL) {
+        ngx_http_dify_cluster_cancel(req->ccmd);
+
+    } else {
+        ngx_http_dify_redis_conn_cancel(req->cmd);
+    }
 
     ngx_queue_remove(&req->queue);
     ngx_free(req);
@@ -302,11 +351,30 @@ ngx_http_dify_redis_send(ngx_http_dify_redis_req_t *req, ngx_uint_t eval,
         req->argvlen[1] = DIFY_SHA1_HEX_LEN;
     }
 
-    req->cmd = ngx_http_dify_redis_conn_send(req->rs->conn,
+    if (req->rs->cluster != NULL) {
+        req->ccmd = ngx_http_dify_cluster_send(req->rs->cluster, req->slot,
+                                               ngx_http_dify_redis_reply,
+                                               req, timeout, req->argc + 2,
+                                               req->argv, req->argvlen);
+
+        return (req->ccmd != NULL) ? NGX_OK : NGX_ERROR;
+    }
+
+    req->conn = req->rs->conn;
+
+    if (req->conn == NULL) {
+        /* no primary known yet */
+        ngx_http_dify_sentinel_suspect(req->rs->sentinel, NULL);
+        return NGX_ERROR;
+    }
+
+    req->cmd = ngx_http_dify_redis_conn_send(req->conn,
                                              ngx_http_dify_redis_reply, req,
                                              timeout, req->argc + 2,
                                              req->argv, req->argvlen);
     if (req->cmd == NULL) {
+        /* the connection is down */
+        ngx_http_dify_sentinel_suspect(req->rs->sentinel, req->conn);
         return NGX_ERROR;
     }
 
@@ -326,12 +394,25 @@ ngx_http_dify_redis_reply(redisReply *reply, void *data)
     ngx_http_dify_redis_cmd_t   *cmd;
     ngx_http_dify_redis_conn_t  *conn;
 
-    cmd = req->cmd;
-    conn = req->rs->conn;
+    if (req->rs->cluster != NULL) {
+        /* the node's connection the reply came on */
+        cmd = ngx_http_dify_cluster_last(req->ccmd, &conn);
+        req->ccmd = NULL;
+
+    } else {
+        cmd = req->cmd;
+        conn = req->conn;
+    }
 
     req->cmd = NULL;
 
+    if (reply == NULL) {
+        /* lost with the connection, or no reply in time */
+        ngx_http_dify_sentinel_suspect(req->rs->sentinel, conn);
+    }
+
     if (reply != NULL
+        && cmd != NULL
         && reply->type == REDIS_REPLY_ERROR
         && reply->len >= 8
         && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
@@ -365,6 +446,15 @@ ngx_http_dify_redis_reply(redisReply *reply, void *data)
     }
 
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+
+        if (req->rs->sentinel != NULL
+            && dify_redis_error_class(reply->str, reply->len)
+               == DIFY_REDIS_ERR_READONLY)
+        {
+            /* a primary demoted */
+            ngx_http_dify_sentinel_suspect(req->rs->sentinel, conn);
+        }
+
         ngx_http_dify_redis_error(req->rs, reply);
     }
 
@@ -410,31 +500,88 @@ ngx_http_dify_redis_error(ngx_http_dify_redis_t *rs, redisReply *reply)
 }
 
 
-/*
- * Once the http block is read: a host name is resolved in the workers
- * by the http-level "resolver" when there is one (again for every new
- * connection, and when the answer expires), otherwise now, once, as
- * proxy_pass does.
- */
+/* once the http block is read: TLS and names, for every address */
 
 ngx_int_t
 ngx_http_dify_redis_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
 {
-    ngx_url_t                    u;
+    ngx_uint_t                   i;
     ngx_http_core_loc_conf_t    *clcf;
     ngx_http_dify_redis_conf_t  *rcf;
 
     ngx_conf_init_value(mcf->ssl_verify, 1);
 
-    rcf = mcf->redis;
-
-    if (rcf == NULL) {
+    if (mcf->redis == NULL) {
         return NGX_OK;
     }
 
+    if (mcf->sentinel != NULL) {
+        mcf->sentinel->ssl_name = (mcf->ssl_name.len != 0);
+    }
+
+    /*
+     * the http level's own: the one configured there, a dummy without
+     * servers when none is (see ngx_http_core_merge_loc_conf), or NULL
+     */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->resolver != NULL && clcf->resolver->connections.nelts > 0) {
+        mcf->redis_resolver = clcf->resolver;
+        mcf->redis_resolver_timeout =
+                              (clcf->resolver_timeout == NGX_CONF_UNSET_MSEC)
+                              ? 30000 : clcf->resolver_timeout;
+    }
+
+    rcf = mcf->redis_addrs->elts;
+
+    for (i = 0; i < mcf->redis_addrs->nelts; i++) {
+        if (ngx_http_dify_redis_init_addr(cf, mcf, &rcf[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (mcf->sentinel != NULL) {
+        /* the addresses are the Sentinels': the primary is asked for */
+        return ngx_http_dify_sentinel_init_conf(cf, mcf);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A host name is resolved in the workers by the http-level "resolver"
+ * when there is one (again for every new connection, and when the
+ * answer expires), otherwise now, once, as proxy_pass does.
+ */
+
+static ngx_int_t
+ngx_http_dify_redis_init_addr(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf,
+    ngx_http_dify_redis_conf_t *rcf)
+{
+    ngx_url_t  u;
+
     if (rcf->ssl) {
 #if (NGX_SSL)
-        if (ngx_http_dify_redis_set_ssl(cf, mcf, rcf) != NGX_OK) {
+        if (rcf != mcf->redis) {
+            /* the first address's context, with this address's name */
+            rcf->ssl_ctx = mcf->redis->ssl_ctx;
+            rcf->ssl_verify = mcf->redis->ssl_verify;
+
+            rcf->ssl_name = mcf->ssl_name.len ? mcf->redis->ssl_name
+                                              : rcf->host;
+
+        } else if (ngx_http_dify_redis_set_ssl(cf, mcf, rcf) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (rcf->ssl_verify && rcf->ssl_name.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "dify_status_redis \"%V\": a unix socket with "
+                               "\"ssl\" needs \"dify_status_redis_ssl_name\" "
+                               "to verify",
+                               &rcf->address);
             return NGX_ERROR;
         }
 #else
@@ -449,17 +596,9 @@ ngx_http_dify_redis_init_conf(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf)
         return NGX_OK;
     }
 
-    /*
-     * the http level's own: the one configured there, a dummy without
-     * servers when none is (see ngx_http_core_merge_loc_conf), or NULL
-     */
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-
-    if (clcf->resolver != NULL && clcf->resolver->connections.nelts > 0) {
-        rcf->resolver = clcf->resolver;
-        rcf->resolver_timeout = (clcf->resolver_timeout == NGX_CONF_UNSET_MSEC)
-                                ? 30000 : clcf->resolver_timeout;
+    if (mcf->redis_resolver != NULL) {
+        rcf->resolver = mcf->redis_resolver;
+        rcf->resolver_timeout = mcf->redis_resolver_timeout;
         return NGX_OK;
     }
 
@@ -589,15 +728,6 @@ ngx_http_dify_redis_set_ssl(ngx_conf_t *cf, ngx_http_dify_main_conf_t *mcf,
         return NGX_ERROR;
     }
 
-    if (rcf->ssl_verify && rcf->ssl_name.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "dify_status_redis \"%V\": a unix socket with "
-                           "\"ssl\" needs \"dify_status_redis_ssl_name\" "
-                           "to verify",
-                           &rcf->address);
-        return NGX_ERROR;
-    }
-
     rcf->ssl_ctx = ssl;
 
     return NGX_OK;
@@ -625,8 +755,9 @@ ngx_http_dify_redis_copy(ngx_conf_t *cf, ngx_str_t *dst, u_char *src,
 
 
 /*
- * dify_status_redis address [ssl] [db=N] [user=name] [password=secret]
- *     [timeout=time] [connect_timeout=time];
+ * dify_status_redis address ... [cluster | sentinel=name
+ *     [sentinel_user=name] [sentinel_password=secret]] [ssl] [db=N]
+ *     [user=name] [password=secret] [timeout=time] [connect_timeout=time];
  */
 
 char *
@@ -635,76 +766,75 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_dify_main_conf_t *mcf = conf;
 
     u_char                      *eq;
-    ngx_int_t                    n;
+    ngx_int_t                    n, rv;
     ngx_str_t                   *value, s, name;
-    ngx_url_t                    u;
-    ngx_uint_t                   i;
-    const char                  *err;
-    dify_redis_addr_t            addr;
-    ngx_http_dify_redis_conf_t  *rcf;
+    ngx_uint_t                   i, j, naddrs;
+    ngx_http_dify_redis_conf_t  *rcf, *a;
 
     if (mcf->redis != NULL) {
         return "is duplicate";
     }
 
-    rcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_dify_redis_conf_t));
+    value = cf->args->elts;
+
+    /*
+     * The addresses come first.  Those after the first carry a port
+     * (or are "unix:" paths), so that a misspelt parameter ("tls") is
+     * not taken for a host name.
+     */
+
+    for (naddrs = 0; 1 + naddrs < cf->args->nelts; naddrs++) {
+        s = value[1 + naddrs];
+
+        if (ngx_strcmp(s.data, "ssl") == 0
+            || ngx_strcmp(s.data, "cluster") == 0
+            || ngx_strlchr(s.data, s.data + s.len, '=') != NULL
+            || (naddrs > 0
+                && ngx_strlchr(s.data, s.data + s.len, ':') == NULL))
+        {
+            break;
+        }
+    }
+
+    if (naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "dify_status_redis needs an address");
+        return NGX_CONF_ERROR;
+    }
+
+    mcf->redis_addrs = ngx_array_create(cf->pool, naddrs,
+                                        sizeof(ngx_http_dify_redis_conf_t));
+    if (mcf->redis_addrs == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rcf = ngx_array_push_n(mcf->redis_addrs, naddrs);
     if (rcf == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    value = cf->args->elts;
+    ngx_memzero(rcf, naddrs * sizeof(ngx_http_dify_redis_conf_t));
 
-    rcf->address = value[1];
     rcf->db = 0;
     rcf->timeout = NGX_HTTP_DIFY_REDIS_TIMEOUT;
     rcf->connect_timeout = NGX_HTTP_DIFY_REDIS_CONNECT;
 
-    if (dify_redis_parse_addr((const char *) value[1].data, value[1].len,
-                              &addr, &err)
-        != 0)
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid address \"%V\": %s", &value[1], err);
+    /* shared by every address: the scripts' SCRIPT LOAD are added later */
+
+    rcf->init = ngx_array_create(cf->pool, 1, sizeof(ngx_str_t));
+    if (rcf->init == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    if (addr.type != DIFY_REDIS_ADDR_UNIX) {
-        if (ngx_http_dify_redis_copy(cf, &rcf->host, (u_char *) addr.host,
-                                     addr.host_len)
-            != NGX_OK)
-        {
-            return NGX_CONF_ERROR;
-        }
-
-        rcf->port = (in_port_t) addr.port;
-    }
-
-    if (addr.type == DIFY_REDIS_ADDR_NAME) {
-        /* resolved in init_conf, once the whole http block is known */
-        rcf->is_name = 1;
-
-    } else {
-        ngx_memzero(&u, sizeof(ngx_url_t));
-
-        u.url = value[1];
-        u.default_port = NGX_HTTP_DIFY_REDIS_PORT;
-        u.no_resolve = 1;
-
-        if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "%s in \"%V\"",
-                               u.err ? u.err : "invalid address", &u.url);
-            return NGX_CONF_ERROR;
-        }
-
-        rcf->addrs = u.addrs;
-        rcf->naddrs = u.naddrs;
-    }
-
-    for (i = 2; i < cf->args->nelts; i++) {
+    for (i = 1 + naddrs; i < cf->args->nelts; i++) {
 
         if (ngx_strcmp(value[i].data, "ssl") == 0) {
             rcf->ssl = 1;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "cluster") == 0) {
+            mcf->redis_cluster = 1;
             continue;
         }
 
@@ -776,6 +906,16 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        rv = ngx_http_dify_sentinel_parameter(cf, mcf, &value[i]);
+
+        if (rv == NGX_OK) {
+            continue;
+        }
+
+        if (rv == NGX_ERROR) {
+            goto invalid;
+        }
+
         /*
          * an unknown parameter may be a misspelt "password=": show its
          * name only
@@ -799,6 +939,59 @@ ngx_http_dify_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_http_dify_sentinel_check(cf, mcf, rcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (mcf->redis_cluster && mcf->sentinel != NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"cluster\" and \"sentinel=\" cannot be used "
+                           "together");
+        return NGX_CONF_ERROR;
+    }
+
+    if (naddrs > 1 && !mcf->redis_cluster && mcf->sentinel == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "several addresses need \"cluster\" (seed "
+                           "nodes) or \"sentinel=\" (the Sentinels)");
+        return NGX_CONF_ERROR;
+    }
+
+    if (mcf->redis_cluster && rcf->db != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"db=\" cannot be used with \"cluster\": a "
+                           "Redis Cluster has database 0 only");
+        return NGX_CONF_ERROR;
+    }
+
+    /* every address with the same settings */
+
+    for (j = 0; j < naddrs; j++) {
+        a = &rcf[j];
+
+        if (j > 0) {
+            *a = rcf[0];
+        }
+
+        if (ngx_http_dify_redis_parse_address(cf, a, &value[1 + j])
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+        for (i = 0; i < j; i++) {
+            if (rcf[i].address.len == a->address.len
+                && ngx_strncmp(rcf[i].address.data, a->address.data,
+                               a->address.len)
+                   == 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "duplicate address \"%V\"", &a->address);
+                return NGX_CONF_ERROR;
+            }
+        }
+    }
+
     mcf->redis = rcf;
 
     return NGX_CONF_OK;
@@ -809,4 +1002,68 @@ invalid:
                        "invalid parameter \"%V\"", &value[i]);
 
     return NGX_CONF_ERROR;
+}
+
+
+/* an address of dify_status_redis: its host, port, and literal addresses */
+
+static ngx_int_t
+ngx_http_dify_redis_parse_address(ngx_conf_t *cf,
+    ngx_http_dify_redis_conf_t *rcf, ngx_str_t *value)
+{
+    ngx_url_t          u;
+    const char        *err;
+    dify_redis_addr_t  addr;
+
+    rcf->address = *value;
+
+    ngx_str_null(&rcf->host);
+    rcf->port = 0;
+    rcf->addrs = NULL;
+    rcf->naddrs = 0;
+    rcf->is_name = 0;
+
+    if (dify_redis_parse_addr((const char *) value->data, value->len,
+                              &addr, &err)
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid address \"%V\": %s", value, err);
+        return NGX_ERROR;
+    }
+
+    if (addr.type != DIFY_REDIS_ADDR_UNIX) {
+        if (ngx_http_dify_redis_copy(cf, &rcf->host, (u_char *) addr.host,
+                                     addr.host_len)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        rcf->port = (in_port_t) addr.port;
+    }
+
+    if (addr.type == DIFY_REDIS_ADDR_NAME) {
+        /* resolved in init_conf, once the whole http block is known */
+        rcf->is_name = 1;
+        return NGX_OK;
+    }
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = *value;
+    u.default_port = NGX_HTTP_DIFY_REDIS_PORT;
+    u.no_resolve = 1;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%s in \"%V\"",
+                           u.err ? u.err : "invalid address", &u.url);
+        return NGX_ERROR;
+    }
+
+    rcf->addrs = u.addrs;
+    rcf->naddrs = u.naddrs;
+
+    return NGX_OK;
 }

@@ -24,7 +24,8 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 use File::Temp qw(tempdir);
 use DifyTest;
-use DifyLimit qw(fresh_key tat_key patch concurrent wait_for);
+use DifyLimit qw(fresh_key tat_key limit_key patch concurrent wait_for);
+use IPC::Open3 qw(open3);
 
 DifyTest::require_module();
 
@@ -252,9 +253,45 @@ subtest 'mutual TLS required and satisfied' => sub {
         "$TRUST dify_status_redis_ssl_name redis.test;"
         . " dify_status_redis_ssl_certificate $pki/client.crt;"
         . " dify_status_redis_ssl_certificate_key $pki/client.key;"));
-    decided_ok($t, 'with the client certificate');
+    my $key = decided_ok($t, 'with the client certificate');
+
+    # the admin tool over the same TLS
+    my @tls = ('--tls', '--cacert', "$pki/ca.crt",
+               '--cert', "$pki/client.crt", '--key', "$pki/client.key");
+    my ($rc, $out) = tool($port, "$key\n", @tls, 'set', '-', 'rate=3r/h');
+    is $rc, 0, 'dify-status-limit --tls --cert --key: set' or diag $out;
+    is tls_cli($port, 'HGET', limit_key($key), 'rate'), '3r/h',
+       '... written over TLS';
+    ($rc, $out) = tool($port, "$key\n", @tls, '--sni', 'redis.test',
+                       'show', '-');
+    is $rc, 0, '--sni: show' or diag $out;
+    like $out, qr/rate:\s+3r\/h/, '... read over TLS';
+    ($rc, $out) = tool($port, "$key\n", '--tls', '--cacert', "$pki/ca.crt",
+                       'show', '-');
+    is $rc, 1, 'no client certificate: refused by Redis';
+    ($rc, $out) = tool($port, "$key\n", '--cacert', "$pki/other-ca.crt",
+                       '--cert', "$pki/client.crt", '--key',
+                       "$pki/client.key", 'show', '-');
+    is $rc, 1, 'another CA: the certificate is refused';
+    ($rc, $out) = tool($port, "$key\n", 'show', '-');
+    is $rc, 1, 'plain TCP to the TLS port: a failure';
     $t->done;
 };
+
+
+sub tool {
+    my ($port, $stdin, @args) = @_;
+    local $ENV{DIFY_REDIS_HOST} = '127.0.0.1';
+    local $ENV{DIFY_REDIS_PORT} = $port;
+    local $SIG{PIPE} = 'IGNORE';
+    my $pid = open3(my $in, my $out, undef, 'bash',
+                    "$FindBin::Bin/../tools/dify-status-limit", @args);
+    print $in $stdin if defined $stdin;
+    close $in;
+    my $output = do { local $/; <$out> } // '';
+    waitpid $pid, 0;
+    return ($? >> 8, $output);
+}
 
 subtest 'plain TCP to a TLS port' => sub {
     my $t = DifyTest->new;

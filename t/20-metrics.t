@@ -28,7 +28,10 @@ my %FAMILIES = (
         redis_commands_total redis_errors_total redis_timeouts_total
         redis_reconnects_total redis_noscript_total
         redis_resolve_failures_total redis_tls_failures_total
-        redis_error_replies_total fallback_decisions_total)),
+        redis_error_replies_total fallback_decisions_total
+        redis_moved_total redis_ask_total
+        redis_topology_refreshes_total redis_failovers_total
+        redis_node_commands_total)),
     "${P}redis_rtt_seconds" => 'histogram',
 );
 

@@ -2,8 +2,9 @@
  * Copyright (C) The ngx_dify_status_module authors
  *
  * Unit tests of dify_redis.c: the address forms dify_status_redis
- * takes, and the classes of Redis error replies (texts as Redis 7.0
- * sends them).
+ * takes, the classes of Redis error replies (texts as Redis 7.0
+ * sends them), and the replies of Sentinel (bytes as Redis 7.0.15's
+ * Sentinel sends them, parsed by hiredis).
  */
 
 
@@ -195,6 +196,198 @@ test_error_classes(void **state)
 }
 
 
+/* a reply from its RESP bytes */
+
+static redisReply *
+reply_of(const char *resp)
+{
+    void         *reply;
+    redisReader  *rd;
+
+    rd = redisReaderCreate();
+    assert_non_null(rd);
+
+    assert_int_equal(redisReaderFeed(rd, resp, strlen(resp)), REDIS_OK);
+
+    reply = NULL;
+    assert_int_equal(redisReaderGetReply(rd, &reply), REDIS_OK);
+    assert_non_null(reply);
+
+    redisReaderFree(rd);
+
+    return reply;
+}
+
+
+static int
+master_of(const char *resp, const char *host, unsigned port)
+{
+    int          rc;
+    size_t       hlen;
+    unsigned     p;
+    const char  *h;
+    redisReply  *r;
+
+    r = reply_of(resp);
+
+    h = NULL;
+    hlen = 0;
+    p = 0;
+
+    rc = dify_redis_sentinel_master(r, &h, &hlen, &p);
+
+    if (rc == 0) {
+        assert_int_equal(hlen, strlen(host));
+        assert_memory_equal(h, host, hlen);
+        assert_int_equal(p, port);
+    }
+
+    freeReplyObject(r);
+
+    return rc;
+}
+
+
+static void
+test_sentinel_master(void **state)
+{
+    (void) state;
+
+    assert_int_equal(master_of("*2\r\n$9\r\n127.0.0.1\r\n$5\r\n26390\r\n",
+                               "127.0.0.1", 26390), 0);
+    assert_int_equal(master_of("*2\r\n$3\r\n::1\r\n$4\r\n6379\r\n",
+                               "::1", 6379), 0);
+    /* announce-hostnames yes */
+    assert_int_equal(master_of("*2\r\n$11\r\nredis-a.lan\r\n"
+                               "$4\r\n6380\r\n", "redis-a.lan", 6380), 0);
+    /* an integer port, should a version send one */
+    assert_int_equal(master_of("*2\r\n$9\r\n127.0.0.1\r\n:6379\r\n",
+                               "127.0.0.1", 6379), 0);
+
+    /* an unknown master */
+    assert_int_equal(master_of("*-1\r\n", NULL, 0), 1);
+    assert_int_equal(master_of("$-1\r\n", NULL, 0), 1);
+
+    assert_int_equal(master_of("-NOAUTH Authentication required.\r\n",
+                               NULL, 0), -1);
+    assert_int_equal(master_of("-ERR unknown command 'SENTINEL'\r\n",
+                               NULL, 0), -1);
+    assert_int_equal(master_of("*0\r\n", NULL, 0), -1);
+    assert_int_equal(master_of("*1\r\n$9\r\n127.0.0.1\r\n", NULL, 0), -1);
+    assert_int_equal(master_of("*2\r\n$9\r\n127.0.0.1\r\n$1\r\n0\r\n",
+                               NULL, 0), -1);
+    assert_int_equal(master_of("*2\r\n$9\r\n127.0.0.1\r\n$5\r\n65536\r\n",
+                               NULL, 0), -1);
+    assert_int_equal(master_of("*2\r\n$9\r\n127.0.0.1\r\n$3\r\n6x9\r\n",
+                               NULL, 0), -1);
+    assert_int_equal(master_of("*2\r\n$0\r\n\r\n$4\r\n6379\r\n",
+                               NULL, 0), -1);
+    assert_int_equal(master_of("*2\r\n$3\r\na b\r\n$4\r\n6379\r\n",
+                               NULL, 0), -1);
+    assert_int_equal(master_of("*2\r\n:1\r\n$4\r\n6379\r\n", NULL, 0),
+                     -1);
+    assert_int_equal(master_of("*3\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n"
+                               ":1\r\n", NULL, 0), -1);
+}
+
+
+static void
+test_role(void **state)
+{
+    redisReply  *r;
+
+    (void) state;
+
+    /* a master with one replica (its port and offset bulk strings) */
+    r = reply_of("*3\r\n$6\r\nmaster\r\n:3129\r\n*1\r\n*3\r\n"
+                 "$9\r\n127.0.0.1\r\n$5\r\n26391\r\n$4\r\n3129\r\n");
+    assert_int_equal(dify_redis_role_master(r), 1);
+    freeReplyObject(r);
+
+    r = reply_of("*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n");
+    assert_int_equal(dify_redis_role_master(r), 1);
+    freeReplyObject(r);
+
+    r = reply_of("*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:26390\r\n"
+                 "$9\r\nconnected\r\n:3129\r\n");
+    assert_int_equal(dify_redis_role_master(r), 0);
+    freeReplyObject(r);
+
+    r = reply_of("*2\r\n$8\r\nsentinel\r\n*1\r\n$8\r\nmymaster\r\n");
+    assert_int_equal(dify_redis_role_master(r), 0);
+    freeReplyObject(r);
+
+    r = reply_of("-NOPERM this user has no permissions to run the 'role' "
+                 "command\r\n");
+    assert_int_equal(dify_redis_role_master(r), 0);
+    freeReplyObject(r);
+
+    r = reply_of("$6\r\nmaster\r\n");
+    assert_int_equal(dify_redis_role_master(r), 0);
+    freeReplyObject(r);
+
+    r = reply_of("*1\r\n$7\r\nmasterx\r\n");
+    assert_int_equal(dify_redis_role_master(r), 0);
+    freeReplyObject(r);
+}
+
+
+static int
+switch_of(const char *s, const char *name, const char *host, unsigned port)
+{
+    int          rc;
+    size_t       hlen;
+    unsigned     p;
+    const char  *h;
+
+    h = NULL;
+    hlen = 0;
+    p = 0;
+
+    rc = dify_redis_switch_master(s, strlen(s), name, strlen(name), &h,
+                                  &hlen, &p);
+
+    if (rc == 0) {
+        assert_int_equal(hlen, strlen(host));
+        assert_memory_equal(h, host, hlen);
+        assert_int_equal(p, port);
+    }
+
+    return rc;
+}
+
+
+static void
+test_switch_master(void **state)
+{
+    (void) state;
+
+    assert_int_equal(switch_of("mymaster 127.0.0.1 26390 127.0.0.1 26391",
+                               "mymaster", "127.0.0.1", 26391), 0);
+    assert_int_equal(switch_of("mymaster ::1 6379 ::2 6380", "mymaster",
+                               "::2", 6380), 0);
+
+    /* another master of the same Sentinels */
+    assert_int_equal(switch_of("other 127.0.0.1 26390 127.0.0.1 26391",
+                               "mymaster", NULL, 0), -1);
+    assert_int_equal(switch_of("mymasterx 127.0.0.1 1 127.0.0.1 2",
+                               "mymaster", NULL, 0), -1);
+    assert_int_equal(switch_of("mymaste 127.0.0.1 1 127.0.0.1 2",
+                               "mymaster", NULL, 0), -1);
+
+    /* malformed */
+    assert_int_equal(switch_of("", "mymaster", NULL, 0), -1);
+    assert_int_equal(switch_of("mymaster 127.0.0.1 26390 127.0.0.1",
+                               "mymaster", NULL, 0), -1);
+    assert_int_equal(switch_of("mymaster 127.0.0.1 26390 127.0.0.1 0",
+                               "mymaster", NULL, 0), -1);
+    assert_int_equal(switch_of("mymaster 127.0.0.1 26390 127.0.0.1 x",
+                               "mymaster", NULL, 0), -1);
+    assert_int_equal(switch_of("mymaster a 1 b 2 c", "mymaster", NULL, 0),
+                     -1);
+}
+
+
 int
 main(void)
 {
@@ -202,6 +395,9 @@ main(void)
         cmocka_unit_test(test_addresses),
         cmocka_unit_test(test_embedded_nul),
         cmocka_unit_test(test_error_classes),
+        cmocka_unit_test(test_sentinel_master),
+        cmocka_unit_test(test_role),
+        cmocka_unit_test(test_switch_master),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
