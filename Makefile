@@ -93,8 +93,9 @@ TEST_ENV   := DIFY_NGINX=$(NGINX_BIN)
 RUN_ENV    := $(TEST_ENV) DIFY_MODULE=$(MODULE)
 else
 NGINX_BIN  :=
-TEST_ENV   :=
+TEST_ENV    = DIFY_DEB=$(DEB_FILE)
 RUN_ENV    :=
+TEST_DEB   := deb
 endif
 
 .PHONY: all deps build unit test test-asan integration-asan test-valgrind \
@@ -107,7 +108,8 @@ define install_missing
 	@missing=""; \
 	for p in $(1); do \
 	    dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null \
-	        | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	        | grep -Eq 'install ok (installed|triggers-)' \
+	        || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" != 0 ]; then \
@@ -214,7 +216,7 @@ unit: deps $(UNIT_TESTS)
 # The whole suite: the pure core's unit tests, a short run of each fuzzer,
 # the integration tests against the release build, then the same tests
 # against the module built with AddressSanitizer and UBSan.
-test: build unit fuzz-smoke
+test: build unit fuzz-smoke $(TEST_DEB)
 	$(TEST_ENV) DIFY_MODULE=$(MODULE) $(PROVE) -r $(T)
 	@echo "# the integration tests again, with the module under ASan and UBSan"
 	$(MAKE) --no-print-directory integration-asan
