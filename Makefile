@@ -35,6 +35,11 @@ DEB_PKGS  := nginx nginx-dev libhiredis-dev libjansson-dev libssl-dev \
 # what "make deb" needs on top (lintian: for the package's test)
 PKG_PKGS  := dpkg-dev debhelper lintian
 
+# promtool for t/62-prometheus.t: Debian's prometheus package, unpacked
+# into build/ (not installed: no service, 19 MB), unless one is in PATH
+PROMTOOL  := $(or $(shell command -v promtool 2>/dev/null),\
+                  $(BUILD)/promtool/usr/bin/promtool)
+
 # the Debian package, named and versioned by debian/changelog
 DEB_NAME  := libnginx-mod-http-dify-status
 DEB_VER   := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)
@@ -89,11 +94,11 @@ VBUILD     := $(BUILD)/nginx-$(NGX_VER)
 MODULE     := $(VBUILD)/ngx_http_dify_status_module.so
 ASAN_MOD   := $(VBUILD)/asan/ngx_http_dify_status_module.so
 NGINX_BIN  := $(VBUILD)/nginx
-TEST_ENV   := DIFY_NGINX=$(NGINX_BIN)
+TEST_ENV   := DIFY_NGINX=$(NGINX_BIN) DIFY_PROMTOOL=$(PROMTOOL)
 RUN_ENV    := $(TEST_ENV) DIFY_MODULE=$(MODULE)
 else
 NGINX_BIN  :=
-TEST_ENV    = DIFY_DEB=$(DEB_FILE)
+TEST_ENV    = DIFY_DEB=$(DEB_FILE) DIFY_PROMTOOL=$(PROMTOOL)
 RUN_ENV    :=
 TEST_DEB   := deb
 endif
@@ -216,7 +221,7 @@ unit: deps $(UNIT_TESTS)
 # The whole suite: the pure core's unit tests, a short run of each fuzzer,
 # the integration tests against the release build, then the same tests
 # against the module built with AddressSanitizer and UBSan.
-test: build unit fuzz-smoke $(TEST_DEB)
+test: build unit fuzz-smoke $(TEST_DEB) $(PROMTOOL)
 	$(TEST_ENV) DIFY_MODULE=$(MODULE) $(PROVE) -r $(T)
 	@echo "# the integration tests again, with the module under ASan and UBSan"
 	$(MAKE) --no-print-directory integration-asan
@@ -249,6 +254,13 @@ fuzz: deps $(FUZZERS)
 
 fuzz-smoke: deps $(FUZZERS)
 	./fuzz/run 10 $(FUZZERS)
+
+$(BUILD)/promtool/usr/bin/promtool:
+	rm -rf $(BUILD)/promtool && mkdir -p $(BUILD)/promtool
+	cd $(BUILD)/promtool && apt-get download -qq prometheus 2>/dev/null \
+	    || { apt-get update -qq && apt-get download -qq prometheus; }
+	dpkg-deb -x $(BUILD)/promtool/prometheus_*.deb $(BUILD)/promtool
+	$@ --version > /dev/null
 
 # The package is built as Debian builds its libnginx-mod-* packages
 # (debian/rules: dh with nginx-dev's "nginx" add-on), from a copy of the
