@@ -103,8 +103,8 @@ RUN_ENV    :=
 TEST_DEB   := deb
 endif
 
-.PHONY: all deps build unit test test-asan integration-asan test-valgrind \
-        run bench fuzz fuzz-smoke clean deb
+.PHONY: all deps build unit test test-asan integration integration-asan \
+        test-valgrind run bench fuzz fuzz-smoke clean deb
 
 all: build
 
@@ -227,6 +227,11 @@ test: build unit fuzz-smoke $(TEST_DEB) $(PROMTOOL)
 	$(MAKE) --no-print-directory integration-asan
 
 test-asan: unit integration-asan
+
+# the integration tests alone, against the release build (T=files to
+# choose; .ci/run runs them against each nginx of ../shared/nginx/)
+integration: build $(PROMTOOL)
+	$(TEST_ENV) DIFY_MODULE=$(MODULE) $(PROVE) -r $(T)
 
 integration-asan: deps $(ASAN_MOD)
 	$(TEST_ENV) DIFY_MODULE=$(ASAN_MOD) DIFY_SANITIZE=asan $(PROVE) -r $(T)

@@ -32,6 +32,9 @@ my $DOCKER = "$TOP/conf/docker";
 
 plan skip_all => 'not under a sanitizer: this builds its own nginx and module'
     if $ENV{DIFY_SANITIZE};
+plan skip_all => 'DIFY_NGINX is set: this builds its own nginx (it runs '
+               . 'in the default make test)'
+    if $ENV{DIFY_NGINX};
 
 sub newest_mainline {
     my $dir = $ENV{DIFY_NGINX_SOURCES} // "$TOP/../shared/nginx";
