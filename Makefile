@@ -40,6 +40,18 @@ PKG_PKGS  := dpkg-dev debhelper lintian
 PROMTOOL  := $(or $(shell command -v promtool 2>/dev/null),\
                   $(BUILD)/promtool/usr/bin/promtool)
 
+# t/61-official-image.t: nginx built with the official image's configure
+# arguments from the newest mainline (odd minor) source of ../shared/nginx/
+# (NGINX_SOURCES=dir); built here, before the tests run in parallel
+NGINX_SOURCES ?= $(abspath $(CURDIR)/../shared/nginx)
+OFFICIAL_SRC  := $(shell ls $(NGINX_SOURCES)/nginx-*.tar.gz 2>/dev/null \
+                   | grep -E '/nginx-[0-9]+\.[0-9]*[13579]\.[0-9]+\.tar\.gz$$' \
+                   | sort -V | tail -1)
+OFFICIAL_VER  := $(patsubst nginx-%.tar.gz,%,$(notdir $(OFFICIAL_SRC)))
+OFFICIAL_NGX  := $(if $(OFFICIAL_SRC),$(BUILD)/official-$(OFFICIAL_VER)/nginx)
+OFFICIAL_ENV  := $(if $(OFFICIAL_SRC),DIFY_OFFICIAL_SRC=$(OFFICIAL_SRC) \
+                   DIFY_OFFICIAL_NGINX=$(OFFICIAL_NGX))
+
 # the Debian package, named and versioned by debian/changelog
 DEB_NAME  := libnginx-mod-http-dify-status
 DEB_VER   := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)
@@ -61,7 +73,9 @@ UNIT_CFLAGS := -std=gnu99 -g -O1 -Wall -Wextra -Werror -I$(SRCDIR) \
                -fsanitize=address,undefined -fno-omit-frame-pointer
 UNIT_LIBS   := -lcmocka -ljansson -lhiredis -lcrypto
 
-PROVE     ?= prove
+# the integration tests run two at a time (2 CPUs: most of a test's time
+# is spent waiting); PROVE=prove for one at a time
+PROVE     ?= prove -j2
 T         ?= t
 
 # Another nginx: NGINX_SRC is a source tree (nginx's own repository, with
@@ -98,9 +112,9 @@ TEST_ENV   := DIFY_NGINX=$(NGINX_BIN) DIFY_PROMTOOL=$(PROMTOOL)
 RUN_ENV    := $(TEST_ENV) DIFY_MODULE=$(MODULE)
 else
 NGINX_BIN  :=
-TEST_ENV    = DIFY_DEB=$(DEB_FILE) DIFY_PROMTOOL=$(PROMTOOL)
+TEST_ENV    = DIFY_DEB=$(DEB_FILE) DIFY_PROMTOOL=$(PROMTOOL) $(OFFICIAL_ENV)
 RUN_ENV    :=
-TEST_DEB   := deb
+TEST_DEB    = deb $(OFFICIAL_NGX)
 endif
 
 .PHONY: all deps build unit test test-asan integration integration-asan \
@@ -259,6 +273,20 @@ fuzz: deps $(FUZZERS)
 
 fuzz-smoke: deps $(FUZZERS)
 	./fuzz/run 10 $(FUZZERS)
+
+$(BUILD)/official-%/nginx: conf/docker/official-configure-args \
+                           $(NGINX_SOURCES)/nginx-%.tar.gz
+	rm -rf $(@D) && mkdir -p $(@D)/nginx-src
+	tar -xzf $(NGINX_SOURCES)/nginx-$*.tar.gz -C $(@D)/nginx-src \
+	    --strip-components=1
+	cd $(@D)/nginx-src \
+	    && if [ -x configure ]; then c=./configure; else c=auto/configure; fi \
+	    && grep -v -e '^#' -e '^$$' $(CURDIR)/conf/docker/official-configure-args \
+	        | tr '\n' '\0' | xargs -0 $$c > $(@D)/configure.log 2>&1 \
+	    || { tail -20 $(@D)/configure.log; exit 1; }
+	$(MAKE) -s -j2 -C $(@D)/nginx-src -f objs/Makefile build \
+	    > $(@D)/make.log 2>&1 || { tail -40 $(@D)/make.log; exit 1; }
+	cp $(@D)/nginx-src/objs/nginx $@
 
 $(BUILD)/promtool/usr/bin/promtool:
 	rm -rf $(BUILD)/promtool && mkdir -p $(BUILD)/promtool

@@ -71,14 +71,15 @@ sub snapshot {
 }
 
 my $before = snapshot();
-my $cleanup_done;
+my ($armed, $cleanup_done) = (1, 0);
 
 sub cleanup {
-    return if $cleanup_done++;
+    return if !$armed || $cleanup_done++;
+    local $?;
     unlink $CONF;
     system("dpkg -P $PKG >/dev/null 2>&1") if known();
 }
-END { cleanup() }
+END { local $?; cleanup() }
 $SIG{INT} = $SIG{TERM} = sub { cleanup(); exit 1 };
 
 # --- the package itself ----------------------------------------------

@@ -13,8 +13,9 @@
 # The source: DIFY_OFFICIAL_SRC (a .tar.gz or a tree), else the newest
 # mainline (odd minor) tarball in ../shared/nginx/ (DIFY_NGINX_SOURCES to
 # look elsewhere); skipped when there is none.  nginx is built once per
-# version into build/official-VERSION/ and reused; the modules are built
-# anew each run.
+# version into build/official-VERSION/ and reused (by make test before
+# the tests start: DIFY_OFFICIAL_NGINX); the modules are built anew each
+# run.
 
 use strict;
 use warnings;
@@ -88,9 +89,14 @@ for (split /\n/, DifyTest::_slurp("$DOCKER/official-configure-args")) {
 }
 ok((grep { $_ eq '--with-compat' } @args), 'the official image is --with-compat');
 
+# DIFY_OFFICIAL_NGINX: built by make test from DIFY_OFFICIAL_SRC with the
+# same arguments (the Makefile's build/official-VERSION/nginx), so that
+# no compiler runs beside the other tests; otherwise built here, once
 my $stamp = join "\n", $SRC, (stat $SRC)[9], @args;
-my $NGINX = "$B/nginx";
-if (!-x $NGINX || DifyTest::_slurp("$B/nginx.stamp") ne $stamp) {
+my $NGINX = $ENV{DIFY_OFFICIAL_NGINX} || "$B/nginx";
+if (!$ENV{DIFY_OFFICIAL_NGINX}
+    && (!-x $NGINX || DifyTest::_slurp("$B/nginx.stamp") ne $stamp))
+{
     unlink $NGINX;
     unpack_src("$B/nginx-src");
     my $conf = -x "$B/nginx-src/configure" ? './configure' : 'auto/configure';
