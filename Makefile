@@ -74,9 +74,19 @@ UNIT_CFLAGS := -std=gnu99 -g -O1 -Wall -Wextra -Werror -I$(SRCDIR) \
 UNIT_LIBS   := -lcmocka -ljansson -lhiredis -lcrypto
 
 # the integration tests run two at a time (2 CPUs: most of a test's time
-# is spent waiting); PROVE=prove for one at a time
+# is spent waiting); PROVE=prove for one at a time.  SERIAL_T run alone
+# afterwards: they stall a worker against a 50 ms Redis timeout, or load
+# the machine with wrk, and must not share the CPUs with another test.
 PROVE     ?= prove -j2
 T         ?= t
+SERIAL_T  ?= t/14-redis-startup.t t/15-redis-stall.t t/40-faults-load.t
+ifeq ($(strip $(T)),t)
+PAR_T     := $(filter-out $(SERIAL_T),$(sort $(wildcard t/*.t)))
+# $(1): the environment of the tests
+run_tests = $(1) $(PROVE) $(PAR_T) && $(1) prove $(SERIAL_T)
+else
+run_tests = $(1) $(PROVE) -r $(T)
+endif
 
 # Another nginx: NGINX_SRC is a source tree (nginx's own repository, with
 # auto/configure, or a release, with ./configure) or a .tar.gz of one.
@@ -236,7 +246,7 @@ unit: deps $(UNIT_TESTS)
 # the integration tests against the release build, then the same tests
 # against the module built with AddressSanitizer and UBSan.
 test: build unit fuzz-smoke $(TEST_DEB) $(PROMTOOL)
-	$(TEST_ENV) DIFY_MODULE=$(MODULE) $(PROVE) -r $(T)
+	$(call run_tests,$(TEST_ENV) DIFY_MODULE=$(MODULE))
 	@echo "# the integration tests again, with the module under ASan and UBSan"
 	$(MAKE) --no-print-directory integration-asan
 
@@ -245,10 +255,10 @@ test-asan: unit integration-asan
 # the integration tests alone, against the release build (T=files to
 # choose; .ci/run runs them against each nginx of ../shared/nginx/)
 integration: build $(PROMTOOL)
-	$(TEST_ENV) DIFY_MODULE=$(MODULE) $(PROVE) -r $(T)
+	$(call run_tests,$(TEST_ENV) DIFY_MODULE=$(MODULE))
 
 integration-asan: deps $(ASAN_MOD)
-	$(TEST_ENV) DIFY_MODULE=$(ASAN_MOD) DIFY_SANITIZE=asan $(PROVE) -r $(T)
+	$(call run_tests,$(TEST_ENV) DIFY_MODULE=$(ASAN_MOD) DIFY_SANITIZE=asan)
 
 test-valgrind: build
 	$(TEST_ENV) DIFY_MODULE=$(MODULE) DIFY_SANITIZE=valgrind $(PROVE) -r $(T)
