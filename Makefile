@@ -115,6 +115,11 @@ ifeq ($(NGX_VER),)
 $(error NGINX_SRC=$(NGINX_SRC): no nginx source tree or .tar.gz of one there)
 endif
 VBUILD     := $(BUILD)/nginx-$(NGX_VER)
+# another source of the same version (a tree instead of the tarball)
+# configures anew: build/nginx-VERSION/source names the one built
+$(shell mkdir -p $(VBUILD) && { echo '$(NGX_SRC_IN)' \
+    | cmp -s - $(VBUILD)/source || echo '$(NGX_SRC_IN)' > $(VBUILD)/source; })
+NGX_SRC_DEP += $(VBUILD)/source
 MODULE     := $(VBUILD)/ngx_http_dify_status_module.so
 ASAN_MOD   := $(VBUILD)/asan/ngx_http_dify_status_module.so
 NGINX_BIN  := $(VBUILD)/nginx
