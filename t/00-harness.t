@@ -15,8 +15,12 @@ use DifyTest qw(uuid route envelope ids_body build_request);
 
 my $t = DifyTest->new;
 
+# proxy_http_version 1.0: one upstream connection per request, as nginx
+# did by default before 1.29.7 (keepalive to upstreams by default since),
+# so that upstream_connections counts the same on every nginx
 $t->start_nginx(server => q{
     location / {
+        proxy_http_version 1.0;
         proxy_pass http://upstream;
     }
     location = /204 {

@@ -15,8 +15,9 @@
 #
 # and the pieces agree with each other: the placeholders the standalone
 # template documents are the ones it uses; every ${VAR} of the docker
-# snippets is set by docker-compose.override.yaml; the Dockerfile installs
-# the module where the load_module line looks for it.
+# snippets is set by docker-compose.override.yaml; the image's Dockerfile
+# (conf/docker/) installs the module where the load_module line looks for
+# it, and the override runs that image.
 
 use strict;
 use warnings;
@@ -183,8 +184,9 @@ subtest 'conf/dify-status-standalone.conf' => sub {
 my %snip = map { $_ => slurp("$DOCKER/$_") } qw(
     nginx.conf.template.main nginx.conf.template.http
     default.conf.template.v1 dify-status-metrics.conf
-    docker-compose.override.yaml Dockerfile
+    docker-compose.override.yaml
 );
+$snip{Dockerfile} = slurp("$TOP/conf/docker/Dockerfile");
 
 # the environment the nginx container gets from docker-compose.yaml
 # (Dify's NGINX_* defaults) and from the override
@@ -205,8 +207,13 @@ subtest 'docker snippets and the compose override agree' => sub {
         qr{^load_module (/usr/lib/nginx/modules/ngx_http_dify_status_module\.so);$}m,
         'load_module names the path of the image';
     like $snip{Dockerfile},
-        qr{ngx_http_dify_status_module\.so \\\n\s+/usr/lib/nginx/modules/},
+        qr{^COPY --from=build \S+/ngx_http_dify_status_module\.so\s+/usr/lib/nginx/modules/$}m,
         'the Dockerfile installs the module there';
+    my ($tag) = $snip{'docker-compose.override.yaml'}
+        =~ /^    image: nginx-dify-status:(\S+)$/m;
+    my ($ver) = $snip{Dockerfile} =~ /^ARG NGINX_VERSION=(\S+)$/m;
+    is $tag, $ver, 'the override runs the image conf/docker/Dockerfile '
+        . 'builds by default (nginx-dify-status:VERSION)';
     for my $src ($snip{Dockerfile} =~ /^COPY (?!--from)(.+) \S+$/mg) {
         ok -e "$TOP/$_", "the Dockerfile's COPY source $_ exists"
             for split ' ', $src;
