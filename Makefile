@@ -76,11 +76,13 @@ UNIT_LIBS   := -lcmocka -ljansson -lhiredis -lcrypto
 
 # the integration tests run two at a time (2 CPUs: most of a test's time
 # is spent waiting); PROVE=prove for one at a time.  SERIAL_T run alone
-# afterwards: they stall a worker against a 50 ms Redis timeout, or load
-# the machine with wrk, and must not share the CPUs with another test.
+# afterwards: they stall a worker against a 50 ms Redis timeout, load the
+# machine with wrk, or time a failover (Sentinel, Cluster) against a
+# second, and must not share the CPUs with another test.
 PROVE     ?= prove -j2
 T         ?= t
-SERIAL_T  ?= t/14-redis-startup.t t/15-redis-stall.t t/40-faults-load.t
+SERIAL_T  ?= t/14-redis-startup.t t/15-redis-stall.t t/40-faults-load.t \
+             t/50-sentinel.t t/51-cluster.t
 ifeq ($(strip $(T)),t)
 PAR_T     := $(filter-out $(SERIAL_T),$(sort $(wildcard t/*.t)))
 # $(1): the environment of the tests
