@@ -36,7 +36,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int                 rc;
     void               *reply;
-    size_t              hlen;
+    size_t              i, hlen;
     unsigned            port;
     const char         *s, *err, *name, *h;
     redisReader        *rd;
@@ -81,7 +81,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (dify_redis_switch_master(s, size, "mymaster", 8, &h, &hlen, &port)
         == 0)
     {
-        dify_fuzz_assert(size > 8 && memcmp(s, "mymaster", 8) == 0);
+        /* the first word, after any spaces, is the name */
+        for (i = 0; i < size && s[i] == ' '; i++) { /* void */ }
+        dify_fuzz_assert(size - i > 8 && memcmp(s + i, "mymaster", 8) == 0
+                         && s[i + 8] == ' ');
         dify_fuzz_assert(h >= s && h + hlen <= s + size);
         dify_fuzz_assert(hlen > 0 && hlen <= 255);
         dify_fuzz_assert(memchr(h, ' ', hlen) == NULL);
