@@ -15,6 +15,9 @@
 # the state on the primary that owns it (GET of {H}:tat..., in units of
 # its own interval), never from the answers alone.
 #
+#   - a refund given back in the node's shadow too: a unit returned by
+#     a request the tenant refused admits the next request at once (it
+#     was refused from shared memory for a second before the fix);
 #   - exact counts for each limit, requests sent at once over both
 #     instances: the tenant limit refuses, and what the token and "all"
 #     were charged for the refused requests is given back on their
