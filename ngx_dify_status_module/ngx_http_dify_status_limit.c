@@ -144,6 +144,8 @@ static ngx_int_t ngx_http_dify_limit_cached(ngx_http_request_t *r,
 static void ngx_http_dify_limit_shadow(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g,
     int64_t now);
+static void ngx_http_dify_limit_unshadow(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g);
 static uint32_t ngx_http_dify_node_key(ngx_http_dify_loc_conf_t *dlcf,
     ngx_http_dify_limit_item_t *it, ngx_http_dify_node_key_t *nk);
 static ngx_http_dify_node_t *ngx_http_dify_node_lookup(
@@ -705,7 +707,9 @@ ngx_http_dify_limit_decided(ngx_http_request_t *r,
             g->charged = 0;
             (void) ngx_http_dify_limit_send(r, dlcf, g, 1);
 
-            /* the answer shows the states as given back */
+            /* the answer and the shadows show the states as given back */
+
+            ngx_http_dify_limit_unshadow(r, dlcf, g);
 
             for (j = 0; j < g->n; j++) {
                 ngx_http_dify_limit_uncharge(&lm->items[g->item[j]]);
@@ -1056,6 +1060,50 @@ ngx_http_dify_limit_shadow(ngx_http_request_t *r,
             node->tat = now + (int64_t) it->res.reset;
             node->last = ngx_current_msec;
             node->sent = g->sent;
+        }
+
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+    }
+}
+
+
+/*
+ * A charge given back in Redis is given back in the shadows too: the
+ * shadow took the charged state from the reply (or a later reply of the
+ * same key, which Redis ran before the refund and so holds the charge as
+ * well), and would otherwise refuse, for up to a second, the units this
+ * node has just returned.
+ */
+
+static void
+ngx_http_dify_limit_unshadow(ngx_http_request_t *r,
+    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g)
+{
+    uint32_t                     hash;
+    ngx_uint_t                   i;
+    ngx_http_dify_node_t        *node;
+    ngx_http_dify_zone_t        *zone;
+    ngx_http_dify_node_key_t     nk;
+    ngx_http_dify_limit_item_t  *it;
+
+    zone = ngx_http_dify_zone(r);
+
+    for (i = 0; i < g->n; i++) {
+        it = &g->lm->items[g->item[i]];
+
+        if (it->res.verdict != DIFY_GCRA_ALLOWED) {
+            continue;
+        }
+
+        hash = ngx_http_dify_node_key(dlcf, it, &nk);
+
+        ngx_shmtx_lock(&zone->shpool->mutex);
+
+        node = ngx_http_dify_node_lookup(zone, &nk, hash);
+
+        if (node != NULL && node->known) {
+            node->tat -= (int64_t) (it->cost
+                                    * dify_gcra_interval(&it->res.limit));
         }
 
         ngx_shmtx_unlock(&zone->shpool->mutex);
