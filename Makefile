@@ -82,7 +82,8 @@ UNIT_LIBS   := -lcmocka -ljansson -lhiredis -lcrypto
 PROVE     ?= prove -j2
 T         ?= t
 SERIAL_T  ?= t/14-redis-startup.t t/15-redis-stall.t t/40-faults-load.t \
-             t/50-sentinel.t t/51-cluster.t t/52-cluster-limits.t
+             t/50-sentinel.t t/51-cluster.t t/52-cluster-limits.t \
+             t/53-cluster-tls.t
 ifeq ($(strip $(T)),t)
 PAR_T     := $(filter-out $(SERIAL_T),$(sort $(wildcard t/*.t)))
 # $(1): the environment of the tests
