@@ -351,36 +351,6 @@ dify_redis_ipv6(const char *p, size_t len)
 }
 
 
-static int
-dify_redis_port(const char *s, size_t len, unsigned *port)
-{
-    size_t    i;
-    unsigned  n;
-
-    if (len == 0 || len > 5) {
-        return -1;
-    }
-
-    n = 0;
-
-    for (i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9') {
-            return -1;
-        }
-
-        n = n * 10 + (unsigned) (s[i] - '0');
-    }
-
-    if (n == 0 || n > 65535) {
-        return -1;
-    }
-
-    *port = n;
-
-    return 0;
-}
-
-
 int
 dify_redis_sentinel_master(const redisReply *r, const char **host,
     size_t *host_len, unsigned *port)
@@ -413,7 +383,7 @@ dify_redis_sentinel_master(const redisReply *r, const char **host,
         *port = (unsigned) p->integer;
 
     } else if (p->type != REDIS_REPLY_STRING
-               || dify_redis_port(p->str, p->len, port) != 0)
+               || dify_redis_parse_port(p->str, p->len, port) != 0)
     {
         return -1;
     }
@@ -482,7 +452,7 @@ dify_redis_switch_master(const char *s, size_t len, const char *name,
         return -1;
     }
 
-    if (dify_redis_port(w[4], wlen[4], port) != 0 || wlen[3] > 255) {
+    if (dify_redis_parse_port(w[4], wlen[4], port) != 0 || wlen[3] > 255) {
         return -1;
     }
 
