@@ -54,16 +54,29 @@
 
 static dify_reply_rc_e dify_gcra_parse_one(redisReply **el,
     dify_gcra_result_t *res, const char **e);
+static dify_reply_rc_e dify_gcra_parse_known(redisReply **element,
+    const dify_gcra_limit_t *limit, dify_gcra_result_t *res,
+    const char **e);
+static dify_reply_rc_e dify_gcra_check(const long long *v,
+    dify_gcra_result_t *res, const char **e);
 static uint64_t dify_gcra_ceil_sec(uint64_t us);
 
 
 /*
  * The script.  ARGV values out of range are clamped exactly as
- * dify_gcra_normalize() clamps them; a non-numeric ARGV is an error.
+ * dify_gcra_normalize() clamps them; a non-numeric ARGV is an error, and
+ * so is any malformed part of a call, before anything is written.
  * An override field that does not parse is ignored (the default
  * applies); the rate field follows dify_gcra_parse_rate()'s grammar.
  * An override rate brings its own burst, its number of units, as the
  * rate= of dify_status_limit does, unless the override sets burst too.
+ *
+ * One call decides a batch of groups in order, on one TIME: the states
+ * of every group are read with one MGET, kept in a table while the
+ * groups are decided (a key met twice sees its first charge), and each
+ * state that changed is written once at the end.  A group after another
+ * of the same key is decided exactly as a second call in the same
+ * microsecond would be.
  *
  * A state is "TAT.IIIIIIIIIII": the TAT, a point, and the interval in
  * 11 digits (86400000000 at most), so that a node of the version before
@@ -75,14 +88,16 @@ static uint64_t dify_gcra_ceil_sec(uint64_t us);
  * now + tol counts as now + tol.  Under another interval than the
  * state's, the key owes ceil(d / T_state) units (at most burst), at T
  * each: what it spent survives a change of rate.  The states are
- * written only when every limit admits the request, each with what it
- * then owes, and expire when their bucket is full again: PXAT, the TAT
- * rounded up to Redis's millisecond (Redis >= 6.2).  Not PX: Redis
- * adds PX to its own clock truncated to the millisecond, so the key
- * could vanish up to 1 ms before the TAT and forgive what it owed.
+ * written only when every limit of a group admits the request, each
+ * with what it then owes, and expire when their bucket is full again:
+ * PXAT, the TAT rounded up to Redis's millisecond (Redis >= 6.2).  Not
+ * PX: Redis adds PX to its own clock truncated to the millisecond, so
+ * the key could vanish up to 1 ms before the TAT and forgive what it
+ * owed.
  *
- * Reply, per limit: verdict, rate, period, burst, remaining, reset,
- * retry.
+ * Reply, per limit of a "c" group: verdict, rate, period, burst,
+ * remaining, reset, retry; of a "k" group: verdict, remaining, reset,
+ * retry (the node knows the limit); of an "r" group, one integer.
  *   blocked (-1): remaining, reset and retry are 0, state not read;
  *   never (-2):   cost > burst; remaining and reset from the state,
  *                 retry 0;
@@ -98,6 +113,8 @@ const char  dify_gcra_script[] =
     "local max_period = " DIFY_GCRA_STR(DIFY_GCRA_MAX_PERIOD) "\n"
     "local max_tol = 3600000000000000\n"
     "local periods = {s = 1, m = 60, h = 3600, d = 86400}\n"
+    "local widths = {c = 5, k = 3, r = 2}\n"
+    "local spat = '^(%d+)%.(' .. string.rep('%d', 11) .. ')$'\n"
     "local function int(s)\n"
     "    if type(s) ~= 'string' or not string.find(s, '^%d+$') then\n"
     "        return nil\n"
@@ -109,147 +126,201 @@ const char  dify_gcra_script[] =
     "    if v > hi then return hi end\n"
     "    return v\n"
     "end\n"
-    "local function clock()\n"
-    "    local now = redis.call('TIME')\n"
-    "    return tonumber(now[1]) * 1000000 + tonumber(now[2])\n"
-    "end\n"
-    "local function state(key)\n"
-    "    local s = redis.call('GET', key)\n"
-    "    if type(s) ~= 'string' then return nil, nil end\n"
-    "    local a, b = string.match(s, '^(%d+)%.(' .. string.rep('%d', 11)\n"
-    "                                  .. ')$')\n"
-    "    if a then\n"
-    "        b = tonumber(b)\n"
-    "        if b < 1 then b = nil end\n"
-    "        return tonumber(a), b\n"
-    "    end\n"
-    "    return tonumber(s), nil\n"
-    "end\n"
-    "local function store(key, tat, t)\n"
-    "    redis.call('SET', key, string.format('%.0f.%011.0f', tat, t),\n"
-    "               'PXAT', math.ceil(tat / 1000))\n"
-    "end\n"
-    "local n = #KEYS - 1\n"
-    "local args = {}\n"
-    "for w in string.gmatch(ARGV[2] or '', '[^ ]+') do\n"
-    "    args[#args + 1] = w\n"
-    "end\n"
-    "if table.concat(args, ' ') ~= (ARGV[2] or '') then\n"
+    "local function bad()\n"
     "    return redis.error_reply('ERR dify_gcra: bad arguments')\n"
     "end\n"
-    "if ARGV[1] == 'r' then\n"
-    "    if n < 1 or #args ~= 2 * n then\n"
-    "        return redis.error_reply('ERR dify_gcra: bad arguments')\n"
-    "    end\n"
-    "    local now = clock()\n"
-    "    local done = 0\n"
-    "    for i = 1, n do\n"
-    "        local c, t = int(args[2 * i - 1]), int(args[2 * i])\n"
-    "        local tat, ts = state(KEYS[i + 1])\n"
-    "        if c and t and t >= 1 and tat and tat > now and tat < 2^53 then\n"
-    "            t = ts or t\n"
-    "            local new = tat - math.min(c, max_burst) * t\n"
-    "            if new > now then\n"
-    "                store(KEYS[i + 1], new, t)\n"
-    "            else\n"
-    "                redis.call('DEL', KEYS[i + 1])\n"
-    "            end\n"
-    "            done = done + 1\n"
-    "        end\n"
-    "    end\n"
-    "    return done\n"
+    "local desc = ARGV[1]\n"
+    "if type(desc) ~= 'string' or #desc == 0 or #desc % 2 ~= 0 then\n"
+    "    return bad()\n"
     "end\n"
-    "if ARGV[1] ~= 'c' or n < 1 or #args ~= 5 * n then\n"
-    "    return redis.error_reply('ERR dify_gcra: bad arguments')\n"
-    "end\n"
-    "local lims, fields = {}, {'blocked'}\n"
-    "for i = 1, n do\n"
-    "    local name = args[5 * i - 4]\n"
-    "    local rate, period = int(args[5 * i - 3]), int(args[5 * i - 2])\n"
-    "    local burst, cost = int(args[5 * i - 1]), int(args[5 * i])\n"
-    "    if not (rate and period and burst and cost)\n"
-    "       or not string.find(name, '^[%w_%-]+$')\n"
-    "    then\n"
-    "        return redis.error_reply('ERR dify_gcra: bad arguments')\n"
+    "local ng = #desc / 2\n"
+    "local ops, ns, ks, ss, as = {}, {}, {}, {}, {}\n"
+    "local nk, na = 1, 2\n"
+    "for g = 1, ng do\n"
+    "    local op = string.sub(desc, 2 * g - 1, 2 * g - 1)\n"
+    "    local n = string.byte(desc, 2 * g) - 48\n"
+    "    local w = widths[op]\n"
+    "    if not w or n < 1 or n > 8 then\n"
+    "        return bad()\n"
     "    end\n"
-    "    local pre = name .. '.'\n"
-    "    if name == 'default' then pre = '' end\n"
-    "    fields[2 * i] = pre .. 'rate'\n"
-    "    fields[2 * i + 1] = pre .. 'burst'\n"
-    "    lims[i] = {clamp(rate, 1, max_rate), clamp(period, 1, max_period),\n"
-    "               clamp(burst, 1, max_burst), cost}\n"
-    "end\n"
-    "local o = redis.call('HMGET', KEYS[1], unpack(fields))\n"
-    "local blocked = o[1] == '1'\n"
-    "local now, all, res = nil, true, {}\n"
-    "for i = 1, n do\n"
-    "    local rate, period, burst, cost = unpack(lims[i])\n"
-    "    if type(o[2 * i]) == 'string' then\n"
-    "        local m, u = string.match(o[2 * i], '^(%d+) *r?/([smhd])$')\n"
-    "        if m then\n"
-    "            m = tonumber(m)\n"
-    "            if m >= 1 and m <= max_rate then\n"
-    "                rate = m\n"
-    "                period = periods[u]\n"
-    "                burst = m\n"
-    "            end\n"
-    "        end\n"
-    "    end\n"
-    "    local b = int(o[2 * i + 1])\n"
-    "    if b and b >= 1 and b <= max_burst then\n"
-    "        burst = b\n"
-    "    end\n"
-    "    local t = math.floor(period * 1000000 / rate)\n"
-    "    if t < 1 then t = 1 end\n"
-    "    burst = math.min(burst, math.floor(max_tol / t))\n"
-    "    local tol = burst * t\n"
-    "    local d, v, retry = 0, -1, 0\n"
-    "    if not blocked then\n"
-    "        now = now or clock()\n"
-    "        local tat, ts = state(KEYS[i + 1])\n"
-    "        if tat and tat > now then\n"
-    "            if ts and ts ~= t then\n"
-    "                d = math.min(math.ceil((tat - now) / ts), burst) * t\n"
-    "            else\n"
-    "                d = math.floor(math.min(tat - now, tol))\n"
-    "            end\n"
-    "        end\n"
-    "        v = 1\n"
-    "        if cost > burst then\n"
-    "            v = -2\n"
-    "            all = false\n"
-    "        elseif d + cost * t > tol then\n"
-    "            v = 0\n"
-    "            retry = d + cost * t - tol\n"
-    "            all = false\n"
-    "        end\n"
-    "    end\n"
-    "    res[i] = {v, rate, period, burst, d, retry, t, tol, cost}\n"
-    "end\n"
-    "local out = {}\n"
-    "for i = 1, n do\n"
-    "    local v, rate, period, burst, d, retry, t, tol, cost =\n"
-    "        unpack(res[i])\n"
-    "    if blocked then\n"
-    "        out[#out + 1] = -1\n"
-    "        out[#out + 1] = rate\n"
-    "        out[#out + 1] = period\n"
-    "        out[#out + 1] = burst\n"
-    "        out[#out + 1] = 0\n"
-    "        out[#out + 1] = 0\n"
-    "        out[#out + 1] = 0\n"
+    "    ops[g], ns[g], ks[g], as[g] = op, n, nk, na\n"
+    "    if op == 'k' then\n"
+    "        ss[g] = nk\n"
     "    else\n"
-    "        if all then\n"
-    "            d = d + cost * t\n"
-    "            if d > 0 then store(KEYS[i + 1], now + d, t) end\n"
+    "        ss[g] = nk + 1\n"
+    "    end\n"
+    "    nk = ss[g] + n\n"
+    "    na = na + w * n\n"
+    "end\n"
+    "if nk - 1 ~= #KEYS or na - 1 ~= #ARGV then\n"
+    "    return bad()\n"
+    "end\n"
+    "local keys, pos = {}, {}\n"
+    "for g = 1, ng do\n"
+    "    for i = 0, ns[g] - 1 do\n"
+    "        local k = KEYS[ss[g] + i]\n"
+    "        if not pos[k] then\n"
+    "            keys[#keys + 1] = k\n"
+    "            pos[k] = #keys\n"
     "        end\n"
-    "        out[#out + 1] = v\n"
-    "        out[#out + 1] = rate\n"
-    "        out[#out + 1] = period\n"
-    "        out[#out + 1] = burst\n"
-    "        out[#out + 1] = math.floor((tol - d) / t)\n"
-    "        out[#out + 1] = d\n"
-    "        out[#out + 1] = retry\n"
+    "    end\n"
+    "end\n"
+    "local raw = redis.call('MGET', unpack(keys))\n"
+    "local tats, its, dirty = {}, {}, {}\n"
+    "for j = 1, #keys do\n"
+    "    local s = raw[j]\n"
+    "    if type(s) == 'string' then\n"
+    "        local a, b = string.match(s, spat)\n"
+    "        if a then\n"
+    "            b = tonumber(b)\n"
+    "            if b < 1 then b = nil end\n"
+    "            tats[j], its[j] = tonumber(a), b\n"
+    "        else\n"
+    "            tats[j] = tonumber(s)\n"
+    "        end\n"
+    "    end\n"
+    "end\n"
+    "local now = redis.call('TIME')\n"
+    "now = tonumber(now[1]) * 1000000 + tonumber(now[2])\n"
+    "local out = {}\n"
+    "for g = 1, ng do\n"
+    "    local op, n, a, s = ops[g], ns[g], as[g], ss[g]\n"
+    "    if op == 'r' then\n"
+    "        local done = 0\n"
+    "        for i = 0, n - 1 do\n"
+    "            local c, t = int(ARGV[a + 2 * i]), int(ARGV[a + 2 * i + 1])\n"
+    "            local j = pos[KEYS[s + i]]\n"
+    "            local tat, ts = tats[j], its[j]\n"
+    "            if c and t and t >= 1 and tat and tat > now and tat < 2^53 then\n"
+    "                t = ts or t\n"
+    "                tats[j], its[j] = tat - math.min(c, max_burst) * t, t\n"
+    "                dirty[j] = true\n"
+    "                done = done + 1\n"
+    "            end\n"
+    "        end\n"
+    "        out[#out + 1] = done\n"
+    "    else\n"
+    "        local lims, blocked = {}, false\n"
+    "        if op == 'c' then\n"
+    "            local fields = {'blocked'}\n"
+    "            for i = 1, n do\n"
+    "                local b = a + 5 * (i - 1)\n"
+    "                local name = ARGV[b]\n"
+    "                local rate, period = int(ARGV[b + 1]), int(ARGV[b + 2])\n"
+    "                local burst, cost = int(ARGV[b + 3]), int(ARGV[b + 4])\n"
+    "                if not (rate and period and burst and cost)\n"
+    "                   or not string.find(name, '^[%w_%-]+$')\n"
+    "                then\n"
+    "                    return bad()\n"
+    "                end\n"
+    "                local pre = name .. '.'\n"
+    "                if name == 'default' then pre = '' end\n"
+    "                fields[2 * i] = pre .. 'rate'\n"
+    "                fields[2 * i + 1] = pre .. 'burst'\n"
+    "                lims[i] = {clamp(rate, 1, max_rate),\n"
+    "                           clamp(period, 1, max_period),\n"
+    "                           clamp(burst, 1, max_burst), cost}\n"
+    "            end\n"
+    "            local o = redis.call('HMGET', KEYS[ks[g]], unpack(fields))\n"
+    "            blocked = o[1] == '1'\n"
+    "            for i = 1, n do\n"
+    "                local l = lims[i]\n"
+    "                if type(o[2 * i]) == 'string' then\n"
+    "                    local m, u = string.match(o[2 * i], '^(%d+) *r?/([smhd])$')\n"
+    "                    if m then\n"
+    "                        m = tonumber(m)\n"
+    "                        if m >= 1 and m <= max_rate then\n"
+    "                            l[1], l[2], l[3] = m, periods[u], m\n"
+    "                        end\n"
+    "                    end\n"
+    "                end\n"
+    "                local b = int(o[2 * i + 1])\n"
+    "                if b and b >= 1 and b <= max_burst then\n"
+    "                    l[3] = b\n"
+    "                end\n"
+    "                local t = math.floor(l[2] * 1000000 / l[1])\n"
+    "                if t < 1 then t = 1 end\n"
+    "                l[5] = t\n"
+    "            end\n"
+    "        else\n"
+    "            for i = 1, n do\n"
+    "                local b = a + 3 * (i - 1)\n"
+    "                local t, burst = int(ARGV[b]), int(ARGV[b + 1])\n"
+    "                local cost = int(ARGV[b + 2])\n"
+    "                if not (t and burst and cost) then\n"
+    "                    return bad()\n"
+    "                end\n"
+    "                lims[i] = {0, 0, clamp(burst, 1, max_burst), cost,\n"
+    "                           clamp(t, 1, max_period * 1000000)}\n"
+    "            end\n"
+    "        end\n"
+    "        local all = true\n"
+    "        for i = 1, n do\n"
+    "            local l = lims[i]\n"
+    "            local cost, t = l[4], l[5]\n"
+    "            local burst = math.min(l[3], math.floor(max_tol / t))\n"
+    "            local tol = burst * t\n"
+    "            local d, v, retry = 0, -1, 0\n"
+    "            local j = pos[KEYS[s + i - 1]]\n"
+    "            if not blocked then\n"
+    "                local tat, ts = tats[j], its[j]\n"
+    "                if tat and tat > now then\n"
+    "                    if ts and ts ~= t then\n"
+    "                        d = math.min(math.ceil((tat - now) / ts), burst) * t\n"
+    "                    else\n"
+    "                        d = math.floor(math.min(tat - now, tol))\n"
+    "                    end\n"
+    "                end\n"
+    "                v = 1\n"
+    "                if cost > burst then\n"
+    "                    v = -2\n"
+    "                    all = false\n"
+    "                elseif d + cost * t > tol then\n"
+    "                    v = 0\n"
+    "                    retry = d + cost * t - tol\n"
+    "                    all = false\n"
+    "                end\n"
+    "            end\n"
+    "            l[3], l[6], l[7], l[8], l[9], l[10] = burst, tol, d, v, retry, j\n"
+    "        end\n"
+    "        for i = 1, n do\n"
+    "            local rate, period, burst, cost, t, tol, d, v, retry, j =\n"
+    "                unpack(lims[i])\n"
+    "            if blocked then\n"
+    "                d, retry = tol, 0\n"
+    "            elseif all then\n"
+    "                d = d + cost * t\n"
+    "                tats[j], its[j] = now + d, t\n"
+    "                dirty[j] = true\n"
+    "            end\n"
+    "            if op == 'c' then\n"
+    "                out[#out + 1] = v\n"
+    "                out[#out + 1] = rate\n"
+    "                out[#out + 1] = period\n"
+    "                out[#out + 1] = burst\n"
+    "            else\n"
+    "                out[#out + 1] = v\n"
+    "            end\n"
+    "            if blocked then\n"
+    "                out[#out + 1] = 0\n"
+    "                out[#out + 1] = 0\n"
+    "            else\n"
+    "                out[#out + 1] = math.floor((tol - d) / t)\n"
+    "                out[#out + 1] = d\n"
+    "            end\n"
+    "            out[#out + 1] = retry\n"
+    "        end\n"
+    "    end\n"
+    "end\n"
+    "for j = 1, #keys do\n"
+    "    if dirty[j] then\n"
+    "        local tat = tats[j]\n"
+    "        if tat > now then\n"
+    "            redis.call('SET', keys[j], string.format('%.0f.%011.0f', tat, its[j]),\n"
+    "                       'PXAT', math.ceil(tat / 1000))\n"
+    "        else\n"
+    "            redis.call('DEL', keys[j])\n"
+    "        end\n"
     "    end\n"
     "end\n"
     "return out\n";
@@ -549,26 +620,153 @@ failed:
 }
 
 
+size_t
+dify_gcra_reply_width(int op, size_t n)
+{
+    switch (op) {
+
+    case DIFY_GCRA_OP_CHARGE:
+        return 7 * n;
+
+    case DIFY_GCRA_OP_KNOWN:
+        return 4 * n;
+
+    default: /* DIFY_GCRA_OP_REFUND */
+        return 1;
+    }
+}
+
+
+dify_reply_rc_e
+dify_gcra_parse_group(redisReply **element, int op, size_t n,
+    const dify_gcra_limit_t *known, dify_gcra_result_t *res,
+    const char **err)
+{
+    size_t       i, blocked;
+    const char  *e;
+
+    if (n == 0 || n > DIFY_GCRA_MAX_LIMITS) {
+        e = "a group of no limit, or of too many";
+        goto failed;
+    }
+
+    if (op == DIFY_GCRA_OP_REFUND) {
+        if (element[0] == NULL || element[0]->type != REDIS_REPLY_INTEGER
+            || element[0]->integer < 0
+            || (unsigned long long) element[0]->integer > n)
+        {
+            e = "reply to a refund is not a count";
+            goto failed;
+        }
+
+        return DIFY_REPLY_OK;
+    }
+
+    blocked = 0;
+
+    for (i = 0; i < n; i++) {
+        if (op == DIFY_GCRA_OP_KNOWN) {
+            if (dify_gcra_parse_known(element + 4 * i, &known[i], &res[i], &e)
+                != DIFY_REPLY_OK)
+            {
+                goto failed;
+            }
+
+            continue;
+        }
+
+        if (dify_gcra_parse_one(element + 7 * i, &res[i], &e)
+            != DIFY_REPLY_OK)
+        {
+            goto failed;
+        }
+
+        blocked += (res[i].verdict == DIFY_GCRA_BLOCKED);
+    }
+
+    if (blocked != 0 && blocked != n) {
+        e = "reply has a key blocked for some limits only";
+        goto failed;
+    }
+
+    return DIFY_REPLY_OK;
+
+failed:
+
+    if (err != NULL) {
+        *err = e;
+    }
+
+    return DIFY_REPLY_ERROR;
+}
+
+
 static dify_reply_rc_e
 dify_gcra_parse_one(redisReply **element, dify_gcra_result_t *res,
     const char **e)
 {
-    size_t              i;
-    uint64_t            t, c, tol;
-    long long           v[7];
-    const redisReply   *el;
-    dify_gcra_limit_t   lim;
+    size_t      i;
+    long long   v[7];
 
     for (i = 0; i < 7; i++) {
-        el = element[i];
-
-        if (el == NULL || el->type != REDIS_REPLY_INTEGER) {
+        if (element[i] == NULL || element[i]->type != REDIS_REPLY_INTEGER) {
             *e = "reply element is not an integer";
             return DIFY_REPLY_ERROR;
         }
 
-        v[i] = el->integer;
+        v[i] = element[i]->integer;
     }
+
+    return dify_gcra_check(v, res, e);
+}
+
+
+/*
+ * The reply of a "k" group's limit: verdict, remaining, reset, retry,
+ * checked against the limit the node sent, as a "c" reply would be.
+ */
+
+static dify_reply_rc_e
+dify_gcra_parse_known(redisReply **element, const dify_gcra_limit_t *limit,
+    dify_gcra_result_t *res, const char **e)
+{
+    size_t             i;
+    long long          v[7];
+    dify_gcra_limit_t  lim;
+
+    for (i = 0; i < 4; i++) {
+        if (element[i] == NULL || element[i]->type != REDIS_REPLY_INTEGER) {
+            *e = "reply element is not an integer";
+            return DIFY_REPLY_ERROR;
+        }
+    }
+
+    dify_gcra_normalize(limit, &lim);
+
+    v[0] = element[0]->integer;
+    v[1] = (long long) lim.rate;
+    v[2] = (long long) lim.period;
+    v[3] = (long long) lim.burst;
+    v[4] = element[1]->integer;
+    v[5] = element[2]->integer;
+    v[6] = element[3]->integer;
+
+    if (v[0] == DIFY_GCRA_BLOCKED) {
+        *e = "reply blocks a key whose limit was known";
+        return DIFY_REPLY_ERROR;
+    }
+
+    return dify_gcra_check(v, res, e);
+}
+
+
+/* the 7 values of one limit's reply, checked */
+
+static dify_reply_rc_e
+dify_gcra_check(const long long *v, dify_gcra_result_t *res, const char **e)
+{
+    uint64_t           t, c, tol;
+    dify_gcra_limit_t  lim;
 
     if (v[0] < DIFY_GCRA_NEVER || v[0] > DIFY_GCRA_ALLOWED) {
         *e = "reply has an unknown verdict";
