@@ -319,6 +319,7 @@ typedef enum {
     NGX_HTTP_DIFY_M_REDIS_ASK,
     NGX_HTTP_DIFY_M_REDIS_TOPOLOGY_REFRESHES,   /* Sentinel, Cluster */
     NGX_HTTP_DIFY_M_REDIS_FAILOVERS,    /* primaries replaced */
+    NGX_HTTP_DIFY_M_REDIS_DECISIONS,    /* groups decided by the script */
     NGX_HTTP_DIFY_M_FALLBACK_ALLOW,
     NGX_HTTP_DIFY_M_FALLBACK_DENY,
     NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED,

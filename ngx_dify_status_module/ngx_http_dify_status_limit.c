@@ -800,6 +800,8 @@ ngx_http_dify_limit_group_reply(ngx_http_dify_limit_group_t *g,
         goto done;
     }
 
+    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_DECISIONS);
+
     g->by = NGX_HTTP_DIFY_BY_REDIS;
     g->done = 1;
     g->charged = dify_gcra_charged(res, g->n);
@@ -846,7 +848,12 @@ ngx_http_dify_limit_group_done(ngx_http_dify_limit_group_t *g)
 static void
 ngx_http_dify_limit_refunded(redisReply *reply, void *data)
 {
-    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 1
+        || dify_gcra_parse_group(reply->element, DIFY_GCRA_OP_REFUND,
+                                 DIFY_GCRA_MAX_LIMITS, NULL, NULL)
+           != DIFY_REPLY_OK)
+    {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "dify_status: giving back the quota of a refused "
                       "request failed in redis");

@@ -179,7 +179,12 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
       ngx_string("Primaries replaced: +switch-master events naming a new "
                  "primary, or a Redis Cluster slot served by a node that "
                  "was not a primary (a promoted replica), as each "
-                 "worker's slot map shows it.") }
+                 "worker's slot map shows it.") },
+
+    { ngx_string("dify_status_redis_decisions_total"),
+      ngx_string("Decisions of the limits of one key for one request "
+                 "taken by the script in Redis; one script call decides "
+                 "those of a whole event-loop pass of a worker.") }
 };
 
 
