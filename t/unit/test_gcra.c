@@ -2,7 +2,8 @@
  * Copyright (C) The ngx_dify_status_module authors
  *
  * Unit tests of dify_gcra.c: the arithmetic, the rate grammar, the
- * reply parser on every malformed shape, and the header fields.
+ * reply parser on every malformed shape (a batch's groups too), and the
+ * header fields.
  */
 
 
@@ -971,6 +972,330 @@ test_parse_reply_ranges(void **state)
 }
 
 
+/* a batch's reply: groups side by side in one flat vector */
+
+typedef struct {
+    size_t        n;
+    redisReply    el[64];
+    redisReply   *ptr[64];
+} test_flat_t;
+
+
+static void
+flat_init(test_flat_t *f)
+{
+    memset(f, 0, sizeof(test_flat_t));
+}
+
+
+/* appends integers, up to a terminating LLONG_MIN + 1 */
+
+#define TEST_END  (LLONG_MIN + 1)
+
+static redisReply **
+flat_add(test_flat_t *f, ...)
+{
+    size_t      start;
+    va_list     args;
+    long long   v;
+
+    start = f->n;
+
+    va_start(args, f);
+
+    for ( ;; ) {
+        v = va_arg(args, long long);
+
+        if (v == TEST_END) {
+            break;
+        }
+
+        assert_true(f->n < 64);
+        f->el[f->n].type = REDIS_REPLY_INTEGER;
+        f->el[f->n].integer = v;
+        f->ptr[f->n] = &f->el[f->n];
+        f->n++;
+    }
+
+    va_end(args);
+
+    return f->ptr + start;
+}
+
+
+static void
+expect_group_error(redisReply **element, int op, size_t n,
+    const dify_gcra_limit_t *known, const char *why)
+{
+    const char          *err;
+    dify_gcra_result_t   res[DIFY_GCRA_MAX_LIMITS + 1];
+
+    err = NULL;
+
+    if (dify_gcra_parse_group(element, op, n, known, res, &err)
+        != DIFY_REPLY_ERROR)
+    {
+        fail_msg("group accepted: %s", why);
+    }
+
+    assert_non_null(err);
+    assert_true(strlen(err) > 0);
+
+    /* err may be NULL */
+    assert_int_equal(dify_gcra_parse_group(element, op, n, known, res,
+                                           NULL),
+                     DIFY_REPLY_ERROR);
+}
+
+
+static void
+test_parse_group(void **state)
+{
+    int                  t;
+    size_t               i, n;
+    char                 one[] = "1";
+    test_flat_t          f;
+    redisReply         **c1, **k2, **r1, **c2, **e;
+    const char          *err;
+    dify_gcra_limit_t    known[DIFY_GCRA_MAX_LIMITS + 1];
+    dify_gcra_result_t   res[DIFY_GCRA_MAX_LIMITS + 1], one_res;
+    test_reply_t         r;
+    const int            types[] = {
+        REDIS_REPLY_STRING, REDIS_REPLY_ARRAY, REDIS_REPLY_NIL,
+        REDIS_REPLY_STATUS, REDIS_REPLY_ERROR
+    };
+    const char           ops[] = { DIFY_GCRA_OP_CHARGE, DIFY_GCRA_OP_KNOWN,
+                                   DIFY_GCRA_OP_REFUND };
+
+    (void) state;
+
+    /* the widths */
+
+    for (n = 1; n <= DIFY_GCRA_MAX_LIMITS; n++) {
+        assert_int_equal(dify_gcra_reply_width(DIFY_GCRA_OP_CHARGE, n),
+                         7 * n);
+        assert_int_equal(dify_gcra_reply_width(DIFY_GCRA_OP_KNOWN, n),
+                         4 * n);
+        assert_int_equal(dify_gcra_reply_width(DIFY_GCRA_OP_REFUND, n), 1);
+    }
+
+    /*
+     * a batch "c1k2r1c2": 7 + 8 + 1 + 14 elements; the "k" limits are
+     * 10 r/s burst 5 and 2 r/d burst 1 (T 43200 s)
+     */
+
+    known[0] = lim(10, 1, 5);
+    known[1] = lim(2, 86400, 1);
+
+    flat_init(&f);
+    c1 = flat_add(&f, 1LL, 10LL, 1LL, 5LL, 4LL, 100000LL, 0LL, TEST_END);
+    k2 = flat_add(&f, 0LL, 2LL, 300000LL, 100000LL,
+                  0LL, 0LL, 43200000000LL, 43200000000LL, TEST_END);
+    r1 = flat_add(&f, 2LL, TEST_END);
+    c2 = flat_add(&f, -1LL, 7LL, 60LL, 9LL, 0LL, 0LL, 0LL,
+                  -1LL, 10LL, 1LL, 5LL, 0LL, 0LL, 0LL, TEST_END);
+    assert_int_equal(f.n, 30);
+
+    err = NULL;
+    assert_int_equal(dify_gcra_parse_group(c1, DIFY_GCRA_OP_CHARGE, 1, NULL,
+                                           res, &err), DIFY_REPLY_OK);
+    assert_null(err);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[0].limit.rate, 10);
+    assert_int_equal(res[0].limit.period, 1);
+    assert_int_equal(res[0].limit.burst, 5);
+    assert_int_equal(res[0].remaining, 4);
+    assert_int_equal(res[0].reset, 100000);
+    assert_int_equal(res[0].retry, 0);
+
+    /* a "c" group is what dify_gcra_parse_replies() reads */
+
+    reply_init(&r, 1, 10, 1, 5, 4, 100000, 0);
+    assert_int_equal(dify_gcra_parse_reply(&r.top, &one_res, NULL, NULL),
+                     DIFY_REPLY_OK);
+    assert_int_equal(one_res.verdict, res[0].verdict);
+    assert_int_equal(one_res.limit.rate, res[0].limit.rate);
+    assert_int_equal(one_res.limit.period, res[0].limit.period);
+    assert_int_equal(one_res.limit.burst, res[0].limit.burst);
+    assert_int_equal(one_res.remaining, res[0].remaining);
+    assert_int_equal(one_res.reset, res[0].reset);
+    assert_int_equal(one_res.retry, res[0].retry);
+
+    assert_int_equal(dify_gcra_parse_group(k2, DIFY_GCRA_OP_KNOWN, 2, known,
+                                           res, NULL), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_LIMITED);
+    assert_int_equal(res[0].limit.rate, 10);        /* the node's */
+    assert_int_equal(res[0].limit.burst, 5);
+    assert_int_equal(res[0].remaining, 2);
+    assert_int_equal(res[0].retry, 100000);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_LIMITED);
+    assert_int_equal(res[1].limit.period, 86400);
+    assert_int_equal(res[1].reset, 43200000000ULL);
+
+    assert_int_equal(dify_gcra_parse_group(r1, DIFY_GCRA_OP_REFUND, 2, NULL,
+                                           res, NULL), DIFY_REPLY_OK);
+
+    assert_int_equal(dify_gcra_parse_group(c2, DIFY_GCRA_OP_CHARGE, 2, NULL,
+                                           res, NULL), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[0].limit.rate, 7);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_BLOCKED);
+
+    /* a group reads its own width, not one element more */
+
+    f.ptr[7] = NULL;
+    assert_int_equal(dify_gcra_parse_group(c1, DIFY_GCRA_OP_CHARGE, 1, NULL,
+                                           res, NULL), DIFY_REPLY_OK);
+    f.ptr[7] = &f.el[7];
+    f.ptr[15] = NULL;
+    assert_int_equal(dify_gcra_parse_group(k2, DIFY_GCRA_OP_KNOWN, 2, known,
+                                           res, NULL), DIFY_REPLY_OK);
+    f.ptr[15] = &f.el[15];
+    f.ptr[16] = NULL;
+    assert_int_equal(dify_gcra_parse_group(r1, DIFY_GCRA_OP_REFUND, 2, NULL,
+                                           res, NULL), DIFY_REPLY_OK);
+
+    /* a "k" limit out of range is taken as the script clamps it */
+
+    flat_init(&f);
+    e = flat_add(&f, 1LL, 0LL, 1000000LL, 0LL, TEST_END);
+    known[0] = lim(0, 0, 0);
+    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_KNOWN, 1, known,
+                                           res, NULL), DIFY_REPLY_OK);
+    assert_int_equal(res[0].limit.rate, 1);
+    assert_int_equal(res[0].limit.period, 1);
+    assert_int_equal(res[0].limit.burst, 1);
+
+    /* no limit, or too many, for every op */
+
+    flat_init(&f);
+
+    for (i = 0; i < 7 * (DIFY_GCRA_MAX_LIMITS + 1); i++) {
+        e = flat_add(&f, 0LL, TEST_END);
+        (void) e;
+
+        if (f.n == 64) {
+            break;
+        }
+    }
+
+    for (i = 0; i < sizeof(ops); i++) {
+        expect_group_error(f.ptr, ops[i], 0, known, "n = 0");
+        expect_group_error(f.ptr, ops[i], DIFY_GCRA_MAX_LIMITS + 1, known,
+                           "n = 9");
+    }
+
+    /* "r": a count from 0 to n, an integer */
+
+    flat_init(&f);
+    e = flat_add(&f, 0LL, TEST_END);
+    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_REFUND, 1, NULL,
+                                           res, NULL), DIFY_REPLY_OK);
+    f.el[0].integer = 3;
+    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_REFUND, 3, NULL,
+                                           res, NULL), DIFY_REPLY_OK);
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, NULL, "r: 3 of 2");
+    f.el[0].integer = -1;
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, NULL, "r: -1");
+    f.el[0].integer = LLONG_MIN;
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, NULL, "r: LLONG_MIN");
+    f.el[0].integer = 1;
+
+    for (t = 0; t < (int) (sizeof(types) / sizeof(types[0])); t++) {
+        f.el[0].type = types[t];
+        f.el[0].str = one;
+        f.el[0].len = 1;
+        expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, NULL, "r: a type");
+    }
+
+    f.ptr[0] = NULL;
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, NULL, "r: NULL");
+
+    /* "c": blocked for some limits only; a bad second limit */
+
+    flat_init(&f);
+    e = flat_add(&f, -1LL, 7LL, 60LL, 9LL, 0LL, 0LL, 0LL,
+                 1LL, 10LL, 1LL, 5LL, 4LL, 100000LL, 0LL, TEST_END);
+    expect_group_error(e, DIFY_GCRA_OP_CHARGE, 2, NULL, "c: blocked 1 of 2");
+    f.el[0].integer = 1;
+    f.el[4].integer = 8;
+    f.el[5].integer = 8571428;                  /* one unit of 7 r/m */
+    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_CHARGE, 2, NULL,
+                                           res, NULL), DIFY_REPLY_OK);
+    f.el[11].integer = 3;
+    expect_group_error(e, DIFY_GCRA_OP_CHARGE, 2, NULL, "c: inconsistent");
+    f.el[11].integer = 4;
+    f.ptr[13] = NULL;
+    expect_group_error(e, DIFY_GCRA_OP_CHARGE, 2, NULL, "c: NULL");
+
+    /* "k": each element of each limit NULL, of another type, or off */
+
+    known[0] = lim(10, 1, 5);
+    known[1] = lim(2, 86400, 1);
+
+    for (i = 0; i < 8; i++) {
+        flat_init(&f);
+        e = flat_add(&f, 1LL, 4LL, 100000LL, 0LL,
+                     0LL, 0LL, 43200000000LL, 43200000000LL, TEST_END);
+        assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_KNOWN, 2,
+                                               known, res, NULL),
+                         DIFY_REPLY_OK);
+
+        f.ptr[i] = NULL;
+        expect_group_error(e, DIFY_GCRA_OP_KNOWN, 2, known, "k: NULL");
+        f.ptr[i] = &f.el[i];
+
+        for (t = 0; t < (int) (sizeof(types) / sizeof(types[0])); t++) {
+            f.el[i].type = types[t];
+            f.el[i].str = one;
+            f.el[i].len = 1;
+            expect_group_error(e, DIFY_GCRA_OP_KNOWN, 2, known, "k: type");
+        }
+
+        f.el[i].type = REDIS_REPLY_INTEGER;
+        f.el[i].integer += 1;
+        expect_group_error(e, DIFY_GCRA_OP_KNOWN, 2, known, "k: off by 1");
+        f.el[i].integer -= 2;
+
+        if (i != 2) {
+            /* a reset 1 us less has the same remaining: consistent */
+            expect_group_error(e, DIFY_GCRA_OP_KNOWN, 2, known,
+                               "k: off by -1");
+        }
+    }
+
+    /* "k": never blocked (the node knew the limit, no override read) */
+
+    flat_init(&f);
+    e = flat_add(&f, -1LL, 0LL, 0LL, 0LL, TEST_END);
+    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: blocked");
+
+    /* "k": checked against the node's limit, not any limit */
+
+    flat_init(&f);
+    e = flat_add(&f, 1LL, 4LL, 100000LL, 0LL, TEST_END);
+    known[0] = lim(10, 1, 6);
+    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: burst 6");
+    known[0] = lim(20, 1, 5);
+    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: T 50 ms");
+    known[0] = lim(10, 1, 5);
+    f.el[0].integer = 2;
+    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: verdict 2");
+    f.el[0].integer = -3;
+    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: verdict -3");
+    f.el[0].integer = 1;
+    f.el[2].integer = 500001;
+    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: reset > tol");
+    f.el[0].integer = 0;
+    f.el[1].integer = 0;
+    f.el[2].integer = 500000;
+    f.el[3].integer = 50000;
+    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: retry not c*T");
+    f.el[3].integer = 100000;
+    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_KNOWN, 1, known,
+                                           res, NULL), DIFY_REPLY_OK);
+}
+
 /* Retry-After and the header fields */
 
 
@@ -1220,6 +1545,7 @@ main(void)
         cmocka_unit_test(test_parse_reply_errors),
         cmocka_unit_test(test_parse_reply_shapes),
         cmocka_unit_test(test_parse_reply_ranges),
+        cmocka_unit_test(test_parse_group),
         cmocka_unit_test(test_retry_seconds),
         cmocka_unit_test(test_policy_header),
         cmocka_unit_test(test_ratelimit_header),

@@ -28,6 +28,7 @@
 
 
 #include <stdarg.h>
+#include <inttypes.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
@@ -2500,6 +2501,289 @@ test_batch_random(void **state)
     assert_true(refunds > 100);
 }
 
+/*
+ * "k" with the limit in force sent by the node decides exactly as "c"
+ * with that limit as the default and no override: the same reply
+ * fields, the same states (value and PXAT), on twin keys in one batch.
+ */
+
+static void
+expect_twins(const test_run_t *run, size_t n)
+{
+    size_t             i;
+    const redisReply  *c, *k;
+
+    for (i = 0; i < n; i++) {
+        c = run->get[i];
+        k = run->get[n + i];
+
+        assert_int_equal(c->type, k->type);
+
+        if (c->type == REDIS_REPLY_STRING) {
+            assert_string_equal(c->str, k->str);
+        }
+
+        assert_int_equal(run->pxat[i], run->pxat[n + i]);
+    }
+}
+
+
+static void
+test_batch_known(void **state)
+{
+    int                  kinds[4];
+    size_t               i, j, n, p;
+    uint64_t             costs[3];
+    test_run_t           run;
+    test_batch_t         b;
+    dify_gcra_limit_t    ls[3], nl;
+    dify_gcra_result_t   rc[3], rk[3];
+    const char          *err;
+    const char          *ckeys[] = { "kc:0", "kc:1", "kc:2" };
+    const char          *kkeys[] = { "kk:0", "kk:1", "kk:2" };
+    const char          *watch[] = { "kc:0", "kc:1", "kc:2",
+                                     "kk:0", "kk:1", "kk:2" };
+    const char          *dnm[] = { "default", "a", "b" };
+    dify_gcra_limit_t    pool[] = {
+        { 10, 1, 5 }, { 1000, 1, 3 }, { 1, 60, 3 }, { 3, 1, 2 },
+        { 7, 1, 4 }, { 400, 1, 1 }, { 0, 0, 0 }, { 2, 1, 0 },
+        { 99999999, 99999999, 99999999 }, { 1, 86400, 1000000 },
+        { 1, 3600, 1000000 }, { 1000000, 1, 1000000 }
+    };
+    /* the script's clamps of a "k": INTERVAL and BURST as sent */
+    const char          *raw[][3] = {
+        { "0", "5", "1000000 1 5" },
+        { "99999999999999", "5", "1 86400 5" },
+        { "100000", "0", "10 1 0" },
+        { "100000", "99999999", "10 1 99999999" },
+        { "86400000000", "99999999", "1 86400 99999999" }
+    };
+
+    (void) state;
+
+    if (tr.missing) {
+        skip();
+    }
+
+    srand(20261202);
+    memset(kinds, 0, sizeof(kinds));
+
+    for (i = 0; i < 400; i++) {
+        n = 1 + (size_t) rand() % 3;
+
+        for (j = 0; j < n; j++) {
+            p = (size_t) rand() % (sizeof(pool) / sizeof(pool[0]));
+            ls[j] = pool[p];
+            dify_gcra_normalize(&ls[j], &nl);
+            costs[j] = rand() % 4 ? (uint64_t) rand() % (nl.burst + 2)
+                                  : nl.burst + (uint64_t) (rand() % 2);
+        }
+
+        if (rand() % 8 == 0) {
+            msleep(rand() % 3);
+        }
+
+        batch_init(&b);
+        batch_c(&b, "kc:lim", n, ckeys, dnm, ls, costs);
+        batch_k(&b, n, kkeys, ls, costs);
+
+        /* the twins are watched in the same order: kc:j, then kk:j */
+
+        for (j = 0; j < n; j++) {
+            watch[j] = ckeys[j];
+            watch[n + j] = kkeys[j];
+        }
+
+        batch_run(&b, watch, 2 * n, &run);
+
+        err = NULL;
+        assert_int_equal(dify_gcra_parse_group(run.reply->element,
+                                               DIFY_GCRA_OP_CHARGE, n,
+                                               NULL, rc, &err),
+                         DIFY_REPLY_OK);
+        assert_int_equal(dify_gcra_parse_group(run.reply->element + 7 * n,
+                                               DIFY_GCRA_OP_KNOWN, n,
+                                               ls, rk, &err),
+                         DIFY_REPLY_OK);
+
+        for (j = 0; j < n; j++) {
+            expect_same(&rk[j], &rc[j], &b, 1, j, run.now);
+            kinds[rc[j].verdict + 2]++;
+        }
+
+        expect_twins(&run, n);
+        freeReplyObject(run.exec);
+    }
+
+    print_message("# 400 twin batches: %d allowed, %d limited, %d never\n",
+                  kinds[3], kinds[2], kinds[0]);
+
+    assert_true(kinds[3] > 100);
+    assert_true(kinds[2] > 100);
+    assert_true(kinds[0] > 20);
+    assert_int_equal(kinds[1], 0);
+
+    /* out of range: "k" clamps as "c" does */
+
+    for (i = 0; i < sizeof(raw) / sizeof(raw[0]); i++) {
+        cmd_ok("DEL kc:0 kk:0");
+
+        for (j = 0; j < 3; j++) {
+            batch_init(&b);
+            batch_group(&b, DIFY_GCRA_OP_CHARGE, 1);
+            batch_key(&b, "kc:lim");
+            batch_key(&b, "kc:0");
+            batch_arg(&b, "default");
+            sscanf(raw[i][2], "%" SCNu64 " %" SCNu64 " %" SCNu64,
+                   &ls[0].rate, &ls[0].period, &ls[0].burst);
+            batch_num(&b, ls[0].rate);
+            batch_num(&b, ls[0].period);
+            batch_num(&b, ls[0].burst);
+            batch_num(&b, j == 2 ? 3 : 1);
+            batch_group(&b, DIFY_GCRA_OP_KNOWN, 1);
+            batch_key(&b, "kk:0");
+            batch_arg(&b, raw[i][0]);
+            batch_arg(&b, raw[i][1]);
+            batch_num(&b, j == 2 ? 3 : 1);
+
+            watch[0] = "kc:0";
+            watch[1] = "kk:0";
+            batch_run(&b, watch, 2, &run);
+
+            assert_int_equal(dify_gcra_parse_group(run.reply->element,
+                                                   DIFY_GCRA_OP_CHARGE, 1,
+                                                   NULL, rc, &err),
+                             DIFY_REPLY_OK);
+            assert_int_equal(dify_gcra_parse_group(run.reply->element + 7,
+                                                   DIFY_GCRA_OP_KNOWN, 1,
+                                                   ls, rk, &err),
+                             DIFY_REPLY_OK);
+            expect_same(&rk[0], &rc[0], &b, 1, 0, run.now);
+            expect_twins(&run, 1);
+            freeReplyObject(run.exec);
+        }
+    }
+}
+
+
+/*
+ * A blocked override only blocks the "c" groups that read it: "k" and
+ * "r" groups on the same state, and "c" groups under another override,
+ * decide in the same batch as if it were not there.
+ */
+
+static void
+test_batch_blocked(void **state)
+{
+    uint64_t             one, two, iv, cs[2];
+    test_run_t           run;
+    test_batch_t         b;
+    dify_gcra_limit_t    l, ls[2];
+    dify_gcra_result_t   res[2];
+    const char          *err;
+    const char          *watch[] = { "bk:a", "bk:b", "bk:c", "bk:d",
+                                     "bk:e" };
+
+    (void) state;
+
+    if (tr.missing) {
+        skip();
+    }
+
+    cmd_ok("HSET bk:lim blocked 1 rate 7/m burst 9");
+
+    l = lim(10, 1, 5);
+    ls[0] = l;
+    ls[1] = l;
+    one = 1;
+    two = 2;
+    cs[0] = 1;
+    cs[1] = 1;
+    iv = 100000;
+
+    batch_init(&b);
+    batch_k(&b, 1, (const char *[]) { "bk:a" }, &l, &two);
+    batch_c(&b, "bk:lim", 1, (const char *[]) { "bk:a" },
+            (const char *[]) { "default" }, &l, &one);
+    batch_c(&b, "bk:lim", 2, (const char *[]) { "bk:d", "bk:e" },
+            (const char *[]) { "default", "day" }, ls, cs);
+    batch_r(&b, "bk:lim", 1, (const char *[]) { "bk:a" }, &one, &iv);
+    batch_c(&b, "bk:lim2", 1, (const char *[]) { "bk:a" },
+            (const char *[]) { "default" }, &l, &one);
+    batch_k(&b, 2, (const char *[]) { "bk:b", "bk:c" }, ls, cs);
+    batch_r(&b, "bk:lim", 1, (const char *[]) { "bk:b" }, &one, &iv);
+
+    assert_string_equal(b.desc, "k1c1c2r1c1k2r1");
+
+    batch_run(&b, watch, 5, &run);
+
+    /* k1: charged 2 units of 100 ms */
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element,
+                                           DIFY_GCRA_OP_KNOWN, 1, &l,
+                                           res, &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[0].remaining, 3);
+    assert_int_equal(res[0].reset, 200000);
+
+    /* c1 and c2 under bk:lim: blocked, the override's limit, no state */
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 4,
+                                           DIFY_GCRA_OP_CHARGE, 1, NULL,
+                                           res, &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[0].limit.rate, 7);
+    assert_int_equal(res[0].limit.period, 60);
+    assert_int_equal(res[0].limit.burst, 9);
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 11,
+                                           DIFY_GCRA_OP_CHARGE, 2, NULL,
+                                           res, &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[1].limit.rate, 10);            /* "day": none */
+
+    /* r1 under bk:lim: one unit back to bk:a, not blocked */
+
+    assert_int_equal(refunded(run.reply, 25), 1);
+
+    /* c1 under bk:lim2, on the same state: 1 unit owed, 1 more charged */
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 26,
+                                           DIFY_GCRA_OP_CHARGE, 1, NULL,
+                                           res, &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[0].remaining, 3);
+    assert_int_equal(res[0].reset, 200000);
+
+    /* k2 on fresh states, then one of them given back to: empty */
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 33,
+                                           DIFY_GCRA_OP_KNOWN, 2, ls,
+                                           res, &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[1].reset, 100000);
+    assert_int_equal(refunded(run.reply, 41), 1);
+    assert_int_equal(run.reply->elements, 42 + 4);
+
+    /* the states: once each, at the end */
+
+    assert_int_equal(run.get[0]->type, REDIS_REPLY_STRING);
+    assert_int_equal(strtoll(run.get[0]->str, NULL, 10),
+                     run.now + 200000);
+    assert_int_equal(run.pxat[0], (run.now + 200000 + 999) / 1000);
+    assert_int_equal(run.get[1]->type, REDIS_REPLY_NIL);
+    assert_int_equal(run.pxat[1], -2);
+    assert_int_equal(run.get[2]->type, REDIS_REPLY_STRING);
+    assert_int_equal(strtoll(run.get[2]->str, NULL, 10),
+                     run.now + 100000);
+    assert_int_equal(run.get[3]->type, REDIS_REPLY_NIL);
+    assert_int_equal(run.get[4]->type, REDIS_REPLY_NIL);
+
+    freeReplyObject(run.exec);
+}
+
 int
 main(void)
 {
@@ -2517,6 +2801,8 @@ main(void)
         cmocka_unit_test_setup(test_random_agreement, test_setup),
         cmocka_unit_test_setup(test_batch_arguments, test_setup),
         cmocka_unit_test_setup(test_batch_random, test_setup),
+        cmocka_unit_test_setup(test_batch_known, test_setup),
+        cmocka_unit_test_setup(test_batch_blocked, test_setup),
     };
 
     return cmocka_run_group_tests_name("dify_gcra_redis", tests,
