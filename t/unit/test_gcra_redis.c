@@ -360,7 +360,8 @@ time_us(const redisReply *t)
  * EVALSHA, built group by group (the strings live in the pool).
  */
 
-#define TEST_MAX_GROUPS  64
+/* the node's largest batch, NGX_HTTP_DIFY_BATCH_MAX, and the probe */
+#define TEST_MAX_GROUPS  65
 #define TEST_MAX_KEYS    (TEST_MAX_GROUPS * (DIFY_GCRA_MAX_LIMITS + 1))
 #define TEST_MAX_ARGS    (TEST_MAX_GROUPS * DIFY_GCRA_MAX_LIMITS * 5)
 
@@ -2784,6 +2785,83 @@ test_batch_blocked(void **state)
     freeReplyObject(run.exec);
 }
 
+/*
+ * The largest batch the node sends: 64 groups of 8 limits, "c8" and
+ * "k8" in turn, all on the same 8 states; each group sees the units
+ * of every group before it, and each state is written once.
+ */
+
+static void
+test_batch_largest(void **state)
+{
+    size_t               g, i, off;
+    uint64_t             costs[8];
+    test_run_t           run;
+    test_batch_t        *b;
+    dify_gcra_limit_t    ls[8];
+    dify_gcra_result_t   res[8];
+    const char          *err;
+    const char          *keys[] = { "lg:0", "lg:1", "lg:2", "lg:3", "lg:4",
+                                    "lg:5", "lg:6", "lg:7" };
+    const char          *names[] = { "default", "n1", "n2", "n3", "n4",
+                                     "n5", "n6", "n7" };
+
+    (void) state;
+
+    if (tr.missing) {
+        skip();
+    }
+
+    b = malloc(sizeof(test_batch_t));
+    assert_non_null(b);
+
+    for (i = 0; i < 8; i++) {
+        ls[i] = lim(1000, 1, 100);
+        costs[i] = 1;
+    }
+
+    batch_init(b);
+
+    for (g = 0; g < 64; g++) {
+        if (g % 2) {
+            batch_k(b, 8, keys, ls, costs);
+
+        } else {
+            batch_c(b, "lg:lim", 8, keys, names, ls, costs);
+        }
+    }
+
+    batch_run(b, keys, 8, &run);
+    assert_int_equal(b->nkeys, 32 * 9 + 32 * 8 + 1);
+
+    off = 0;
+
+    for (g = 0; g < 64; g++) {
+        err = NULL;
+        assert_int_equal(dify_gcra_parse_group(run.reply->element + off,
+                                               b->ops[g], 8, ls, res, &err),
+                         DIFY_REPLY_OK);
+
+        for (i = 0; i < 8; i++) {
+            assert_int_equal(res[i].verdict, DIFY_GCRA_ALLOWED);
+            assert_int_equal(res[i].remaining, 100 - (g + 1));
+            assert_int_equal(res[i].reset, (g + 1) * 1000);
+        }
+
+        off += dify_gcra_reply_width(b->ops[g], 8);
+    }
+
+    for (i = 0; i < 8; i++) {
+        assert_int_equal(run.get[i]->type, REDIS_REPLY_STRING);
+        assert_int_equal(strtoll(run.get[i]->str, NULL, 10),
+                         run.now + 64000);
+        assert_int_equal(run.pxat[i], (run.now + 64000 + 999) / 1000);
+    }
+
+    freeReplyObject(run.exec);
+    free(b);
+}
+
 int
 main(void)
 {
@@ -2803,6 +2881,7 @@ main(void)
         cmocka_unit_test_setup(test_batch_random, test_setup),
         cmocka_unit_test_setup(test_batch_known, test_setup),
         cmocka_unit_test_setup(test_batch_blocked, test_setup),
+        cmocka_unit_test_setup(test_batch_largest, test_setup),
     };
 
     return cmocka_run_group_tests_name("dify_gcra_redis", tests,
