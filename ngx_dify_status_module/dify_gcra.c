@@ -54,9 +54,6 @@
 
 static dify_reply_rc_e dify_gcra_parse_one(redisReply **el,
     dify_gcra_result_t *res, const char **e);
-static dify_reply_rc_e dify_gcra_parse_known(redisReply **element,
-    const dify_gcra_limit_t *limit, dify_gcra_result_t *res,
-    const char **e);
 static dify_reply_rc_e dify_gcra_check(const long long *v,
     dify_gcra_result_t *res, const char **e);
 static uint64_t dify_gcra_ceil_sec(uint64_t us);
@@ -76,7 +73,10 @@ static uint64_t dify_gcra_ceil_sec(uint64_t us);
  * groups are decided (a key met twice sees its first charge), and each
  * state that changed is written once at the end.  A group after another
  * of the same key is decided exactly as a second call in the same
- * microsecond would be.
+ * microsecond would be.  The overrides of the "d" groups are read only
+ * when one EXISTS of them all finds one: most keys have none, and a
+ * key that has one is a "c" group, read on every call.  Either way every
+ * group is decided under its override as it is when the call runs.
  *
  * A state is "TAT.IIIIIIIIIII": the TAT, a point, and the interval in
  * 11 digits (86400000000 at most), so that a node of the version before
@@ -95,9 +95,8 @@ static uint64_t dify_gcra_ceil_sec(uint64_t us);
  * the key could vanish up to 1 ms before the TAT and forgive what it
  * owed.
  *
- * Reply, per limit of a "c" group: verdict, rate, period, burst,
- * remaining, reset, retry; of a "k" group: verdict, remaining, reset,
- * retry (the node knows the limit); of an "r" group, one integer.
+ * Reply, per limit of a "c" or "d" group: verdict, rate, period, burst,
+ * remaining, reset, retry; of an "r" group, one integer.
  *   blocked (-1): remaining, reset and retry are 0, state not read;
  *   never (-2):   cost > burst; remaining and reset from the state,
  *                 retry 0;
@@ -113,7 +112,7 @@ const char  dify_gcra_script[] =
     "local max_period = " DIFY_GCRA_STR(DIFY_GCRA_MAX_PERIOD) "\n"
     "local max_tol = 3600000000000000\n"
     "local periods = {s = 1, m = 60, h = 3600, d = 86400}\n"
-    "local widths = {c = 5, k = 3, r = 2}\n"
+    "local widths = {c = 5, d = 5, r = 2}\n"
     "local spat = '^(%d+)%.(' .. string.rep('%d', 11) .. ')$'\n"
     "local function int(s)\n"
     "    if type(s) ~= 'string' or not string.find(s, '^%d+$') then\n"
@@ -134,7 +133,7 @@ const char  dify_gcra_script[] =
     "    return bad()\n"
     "end\n"
     "local ng = #desc / 2\n"
-    "local ops, ns, ks, ss, as = {}, {}, {}, {}, {}\n"
+    "local ops, ns, ks, as, dk = {}, {}, {}, {}, {}\n"
     "local nk, na = 1, 2\n"
     "for g = 1, ng do\n"
     "    local op = string.sub(desc, 2 * g - 1, 2 * g - 1)\n"
@@ -144,12 +143,10 @@ const char  dify_gcra_script[] =
     "        return bad()\n"
     "    end\n"
     "    ops[g], ns[g], ks[g], as[g] = op, n, nk, na\n"
-    "    if op == 'k' then\n"
-    "        ss[g] = nk\n"
-    "    else\n"
-    "        ss[g] = nk + 1\n"
+    "    if op == 'd' then\n"
+    "        dk[#dk + 1] = KEYS[nk]\n"
     "    end\n"
-    "    nk = ss[g] + n\n"
+    "    nk = nk + 1 + n\n"
     "    na = na + w * n\n"
     "end\n"
     "if nk - 1 ~= #KEYS or na - 1 ~= #ARGV then\n"
@@ -158,13 +155,14 @@ const char  dify_gcra_script[] =
     "local keys, pos = {}, {}\n"
     "for g = 1, ng do\n"
     "    for i = 0, ns[g] - 1 do\n"
-    "        local k = KEYS[ss[g] + i]\n"
+    "        local k = KEYS[ks[g] + 1 + i]\n"
     "        if not pos[k] then\n"
     "            keys[#keys + 1] = k\n"
     "            pos[k] = #keys\n"
     "        end\n"
     "    end\n"
     "end\n"
+    "local over = #dk > 0 and redis.call('EXISTS', unpack(dk)) > 0\n"
     "local raw = redis.call('MGET', unpack(keys))\n"
     "local tats, its, dirty = {}, {}, {}\n"
     "for j = 1, #keys do\n"
@@ -184,7 +182,7 @@ const char  dify_gcra_script[] =
     "now = tonumber(now[1]) * 1000000 + tonumber(now[2])\n"
     "local out = {}\n"
     "for g = 1, ng do\n"
-    "    local op, n, a, s = ops[g], ns[g], as[g], ss[g]\n"
+    "    local op, n, a, s = ops[g], ns[g], as[g], ks[g] + 1\n"
     "    if op == 'r' then\n"
     "        local done = 0\n"
     "        for i = 0, n - 1 do\n"
@@ -201,58 +199,48 @@ const char  dify_gcra_script[] =
     "        out[#out + 1] = done\n"
     "    else\n"
     "        local lims, blocked = {}, false\n"
-    "        if op == 'c' then\n"
-    "            local fields = {'blocked'}\n"
-    "            for i = 1, n do\n"
-    "                local b = a + 5 * (i - 1)\n"
-    "                local name = ARGV[b]\n"
-    "                local rate, period = int(ARGV[b + 1]), int(ARGV[b + 2])\n"
-    "                local burst, cost = int(ARGV[b + 3]), int(ARGV[b + 4])\n"
-    "                if not (rate and period and burst and cost)\n"
-    "                   or not string.find(name, '^[%w_%-]+$')\n"
-    "                then\n"
-    "                    return bad()\n"
-    "                end\n"
-    "                local pre = name .. '.'\n"
-    "                if name == 'default' then pre = '' end\n"
-    "                fields[2 * i] = pre .. 'rate'\n"
-    "                fields[2 * i + 1] = pre .. 'burst'\n"
-    "                lims[i] = {clamp(rate, 1, max_rate),\n"
-    "                           clamp(period, 1, max_period),\n"
-    "                           clamp(burst, 1, max_burst), cost}\n"
+    "        local fields = {'blocked'}\n"
+    "        for i = 1, n do\n"
+    "            local b = a + 5 * (i - 1)\n"
+    "            local name = ARGV[b]\n"
+    "            local rate, period = int(ARGV[b + 1]), int(ARGV[b + 2])\n"
+    "            local burst, cost = int(ARGV[b + 3]), int(ARGV[b + 4])\n"
+    "            if not (rate and period and burst and cost)\n"
+    "               or not string.find(name, '^[%w_%-]+$')\n"
+    "            then\n"
+    "                return bad()\n"
     "            end\n"
-    "            local o = redis.call('HMGET', KEYS[ks[g]], unpack(fields))\n"
-    "            blocked = o[1] == '1'\n"
-    "            for i = 1, n do\n"
-    "                local l = lims[i]\n"
-    "                if type(o[2 * i]) == 'string' then\n"
-    "                    local m, u = string.match(o[2 * i], '^(%d+) *r?/([smhd])$')\n"
-    "                    if m then\n"
-    "                        m = tonumber(m)\n"
-    "                        if m >= 1 and m <= max_rate then\n"
-    "                            l[1], l[2], l[3] = m, periods[u], m\n"
-    "                        end\n"
+    "            local pre = name .. '.'\n"
+    "            if name == 'default' then pre = '' end\n"
+    "            fields[2 * i] = pre .. 'rate'\n"
+    "            fields[2 * i + 1] = pre .. 'burst'\n"
+    "            lims[i] = {clamp(rate, 1, max_rate),\n"
+    "                       clamp(period, 1, max_period),\n"
+    "                       clamp(burst, 1, max_burst), cost}\n"
+    "        end\n"
+    "        local o = {}\n"
+    "        if op == 'c' or over then\n"
+    "            o = redis.call('HMGET', KEYS[ks[g]], unpack(fields))\n"
+    "        end\n"
+    "        blocked = o[1] == '1'\n"
+    "        for i = 1, n do\n"
+    "            local l = lims[i]\n"
+    "            if type(o[2 * i]) == 'string' then\n"
+    "                local m, u = string.match(o[2 * i], '^(%d+) *r?/([smhd])$')\n"
+    "                if m then\n"
+    "                    m = tonumber(m)\n"
+    "                    if m >= 1 and m <= max_rate then\n"
+    "                        l[1], l[2], l[3] = m, periods[u], m\n"
     "                    end\n"
     "                end\n"
-    "                local b = int(o[2 * i + 1])\n"
-    "                if b and b >= 1 and b <= max_burst then\n"
-    "                    l[3] = b\n"
-    "                end\n"
-    "                local t = math.floor(l[2] * 1000000 / l[1])\n"
-    "                if t < 1 then t = 1 end\n"
-    "                l[5] = t\n"
     "            end\n"
-    "        else\n"
-    "            for i = 1, n do\n"
-    "                local b = a + 3 * (i - 1)\n"
-    "                local t, burst = int(ARGV[b]), int(ARGV[b + 1])\n"
-    "                local cost = int(ARGV[b + 2])\n"
-    "                if not (t and burst and cost) then\n"
-    "                    return bad()\n"
-    "                end\n"
-    "                lims[i] = {0, 0, clamp(burst, 1, max_burst), cost,\n"
-    "                           clamp(t, 1, max_period * 1000000)}\n"
+    "            local b = int(o[2 * i + 1])\n"
+    "            if b and b >= 1 and b <= max_burst then\n"
+    "                l[3] = b\n"
     "            end\n"
+    "            local t = math.floor(l[2] * 1000000 / l[1])\n"
+    "            if t < 1 then t = 1 end\n"
+    "            l[5] = t\n"
     "        end\n"
     "        local all = true\n"
     "        for i = 1, n do\n"
@@ -286,21 +274,15 @@ const char  dify_gcra_script[] =
     "        for i = 1, n do\n"
     "            local rate, period, burst, cost, t, tol, d, v, retry, j =\n"
     "                unpack(lims[i])\n"
-    "            if blocked then\n"
-    "                d, retry = tol, 0\n"
-    "            elseif all then\n"
+    "            if not blocked and all then\n"
     "                d = d + cost * t\n"
     "                tats[j], its[j] = now + d, t\n"
     "                dirty[j] = true\n"
     "            end\n"
-    "            if op == 'c' then\n"
-    "                out[#out + 1] = v\n"
-    "                out[#out + 1] = rate\n"
-    "                out[#out + 1] = period\n"
-    "                out[#out + 1] = burst\n"
-    "            else\n"
-    "                out[#out + 1] = v\n"
-    "            end\n"
+    "            out[#out + 1] = v\n"
+    "            out[#out + 1] = rate\n"
+    "            out[#out + 1] = period\n"
+    "            out[#out + 1] = burst\n"
     "            if blocked then\n"
     "                out[#out + 1] = 0\n"
     "                out[#out + 1] = 0\n"
@@ -623,24 +605,13 @@ failed:
 size_t
 dify_gcra_reply_width(int op, size_t n)
 {
-    switch (op) {
-
-    case DIFY_GCRA_OP_CHARGE:
-        return 7 * n;
-
-    case DIFY_GCRA_OP_KNOWN:
-        return 4 * n;
-
-    default: /* DIFY_GCRA_OP_REFUND */
-        return 1;
-    }
+    return (op == DIFY_GCRA_OP_REFUND) ? 1 : 7 * n;
 }
 
 
 dify_reply_rc_e
 dify_gcra_parse_group(redisReply **element, int op, size_t n,
-    const dify_gcra_limit_t *known, dify_gcra_result_t *res,
-    const char **err)
+    dify_gcra_result_t *res, const char **err)
 {
     size_t       i, blocked;
     const char  *e;
@@ -665,16 +636,6 @@ dify_gcra_parse_group(redisReply **element, int op, size_t n,
     blocked = 0;
 
     for (i = 0; i < n; i++) {
-        if (op == DIFY_GCRA_OP_KNOWN) {
-            if (dify_gcra_parse_known(element + 4 * i, &known[i], &res[i], &e)
-                != DIFY_REPLY_OK)
-            {
-                goto failed;
-            }
-
-            continue;
-        }
-
         if (dify_gcra_parse_one(element + 7 * i, &res[i], &e)
             != DIFY_REPLY_OK)
         {
@@ -715,45 +676,6 @@ dify_gcra_parse_one(redisReply **element, dify_gcra_result_t *res,
         }
 
         v[i] = element[i]->integer;
-    }
-
-    return dify_gcra_check(v, res, e);
-}
-
-
-/*
- * The reply of a "k" group's limit: verdict, remaining, reset, retry,
- * checked against the limit the node sent, as a "c" reply would be.
- */
-
-static dify_reply_rc_e
-dify_gcra_parse_known(redisReply **element, const dify_gcra_limit_t *limit,
-    dify_gcra_result_t *res, const char **e)
-{
-    size_t             i;
-    long long          v[7];
-    dify_gcra_limit_t  lim;
-
-    for (i = 0; i < 4; i++) {
-        if (element[i] == NULL || element[i]->type != REDIS_REPLY_INTEGER) {
-            *e = "reply element is not an integer";
-            return DIFY_REPLY_ERROR;
-        }
-    }
-
-    dify_gcra_normalize(limit, &lim);
-
-    v[0] = element[0]->integer;
-    v[1] = (long long) lim.rate;
-    v[2] = (long long) lim.period;
-    v[3] = (long long) lim.burst;
-    v[4] = element[1]->integer;
-    v[5] = element[2]->integer;
-    v[6] = element[3]->integer;
-
-    if (v[0] == DIFY_GCRA_BLOCKED) {
-        *e = "reply blocks a key whose limit was known";
-        return DIFY_REPLY_ERROR;
     }
 
     return dify_gcra_check(v, res, e);

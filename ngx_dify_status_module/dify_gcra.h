@@ -83,19 +83,18 @@ typedef enum {
  * The Lua script, run with EVALSHA, decides a batch of groups, each the
  * n limits (1 <= n <= DIFY_GCRA_MAX_LIMITS) of one key, in order:
  *   ARGV[1]      one letter and one digit per group: the group's op
- *                ("c", "k" or "r", DIFY_GCRA_OP_*) and its n
- *   KEYS         per group, in order: for "c" and "r", the key's override
+ *                ("c", "d" or "r", DIFY_GCRA_OP_*) and its n
+ *   KEYS         per group, in order: the key's override
  *                ("<prefix>{<hash>}:limit", a hash), then the states of
  *                its n limits ("<prefix>{<hash>}:tat" for the limit named
- *                "default", "<prefix>{<hash>}:tat:NAME" for the others);
- *                for "k", the n states only
+ *                "default", "<prefix>{<hash>}:tat:NAME" for the others)
  *   ARGV[2 ...]  per group, in order, per limit:
- *                "c": NAME RATE PERIOD BURST COST (the location's
- *                     defaults, the period in seconds): decide and
- *                     charge, under the override read from the hash;
- *                "k": INTERVAL BURST COST (the limit in force, as the
- *                     node read it less than a second ago): decide and
- *                     charge, without reading the override;
+ *                "c" and "d": NAME RATE PERIOD BURST COST (the
+ *                     location's defaults, the period in seconds): decide
+ *                     and charge, under the override; "d" says that the
+ *                     key is expected to have none, so that the call reads
+ *                     the overrides of its "d" groups only when one EXISTS
+ *                     of them all finds one (the verdicts are the same);
  *                "r": COST INTERVAL: give back the charge of a request
  *                     that another key refused.
  * The time is Redis's own (TIME), one for the whole batch.  The override
@@ -103,14 +102,14 @@ typedef enum {
  * "NAME.rate" and "NAME.burst" of the limit NAME ("N r/s", "N r/m",
  * "N r/h" or "N r/d", the "r" optional; N), and "blocked" ("1", every
  * limit); a field absent or invalid takes the default.
- * "c" and "k" charge every limit of the group when every limit admits
+ * "c" and "d" charge every limit of the group when every limit admits
  * the request, none otherwise.  The reply is one flat array: per limit
- * of a "c" group 7 integers, verdict, rate, period, burst, remaining,
- * reset (us), retry (us); of a "k" group 4, verdict, remaining, reset,
- * retry; per "r" group 1, the number of states given back to.
+ * of a "c" or "d" group 7 integers, verdict, rate, period, burst,
+ * remaining, reset (us), retry (us); per "r" group 1, the number of
+ * states given back to.
  */
 #define DIFY_GCRA_OP_CHARGE    'c'
-#define DIFY_GCRA_OP_KNOWN     'k'
+#define DIFY_GCRA_OP_DEFAULT   'd'
 #define DIFY_GCRA_OP_REFUND    'r'
 
 extern const char  dify_gcra_script[];
@@ -176,13 +175,11 @@ size_t dify_gcra_reply_width(int op, size_t n);
 /*
  * Parses one group's part of a batch's reply, from element (which has
  * at least dify_gcra_reply_width() elements): res[0 .. n - 1] for "c"
- * and "k" ("k" with known[0 .. n - 1], the limits the node sent), none
- * for "r".  On DIFY_REPLY_ERROR err (when not NULL) points to a static
- * description.
+ * and "d", none for "r".  On DIFY_REPLY_ERROR err (when not NULL) points
+ * to a static description.
  */
 dify_reply_rc_e dify_gcra_parse_group(redisReply **element, int op,
-    size_t n, const dify_gcra_limit_t *known, dify_gcra_result_t *res,
-    const char **err);
+    size_t n, dify_gcra_result_t *res, const char **err);
 
 /* 1 when a result set of one call charged the key (all allowed) */
 int dify_gcra_charged(const dify_gcra_result_t *res, size_t n);

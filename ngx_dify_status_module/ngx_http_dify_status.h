@@ -261,6 +261,7 @@ ngx_http_dify_redis_req_t *ngx_http_dify_redis_eval(
     int argc, const char **argv, const size_t *argvlen);
 /* the caller has gone (client abort): its handler will not be called */
 void ngx_http_dify_redis_cancel(ngx_http_dify_redis_req_t *req);
+ngx_uint_t ngx_http_dify_redis_batches(ngx_http_dify_redis_t *rs);
 
 
 /*
@@ -363,6 +364,7 @@ ngx_int_t ngx_http_dify_limit_retry_after(ngx_http_request_t *r,
     ngx_http_dify_ctx_t *ctx);
 /* cancels the limiter's pending Redis commands */
 void ngx_http_dify_limit_release(ngx_http_dify_ctx_t *ctx);
+void ngx_http_dify_limit_exit_process(ngx_cycle_t *cycle);
 
 
 /*

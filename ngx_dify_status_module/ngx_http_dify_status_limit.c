@@ -15,6 +15,20 @@
  * fallback does, the calls that charged are given their units back by a
  * second call ("r"), so that a refused request costs nothing anywhere.
  *
+ * The script calls of one event-loop pass are one: a group waits in the
+ * worker's batch until the pass posts its flush, which sends every group
+ * waiting as one EVALSHA, decided by Redis in order (a Cluster, where a
+ * command's keys share one slot, gets one call per group).  No request
+ * waits for a timer or for a batch to fill: the flush is posted by the
+ * first group of a pass and runs before the worker sleeps again.
+ *
+ * A group whose limits were last seen in force as the location's
+ * defaults, or never seen, is sent as one expected to have no override
+ * ("d" rather than "c"): the call then reads their overrides only when
+ * one EXISTS of them all finds one, and a key seen with an override is
+ * read on every call.  The hint weighs on the cost of a call, never on
+ * a verdict: every call decides under the overrides as they are then.
+ *
  * The shadow serves two ends.  While Redis answers, it lets every worker
  * refuse a request that a limit certainly refuses without asking Redis,
  * for at most NGX_HTTP_DIFY_CACHE_LIFE after the command whose reply it
@@ -41,6 +55,8 @@
 #define NGX_HTTP_DIFY_BY_ALLOW    1
 #define NGX_HTTP_DIFY_BY_DENY     2
 #define NGX_HTTP_DIFY_BY_LOCAL    3
+
+#define NGX_HTTP_DIFY_BATCH_MAX   64            /* groups in one call */
 
 
 /*
@@ -93,25 +109,60 @@ typedef struct {
     ngx_uint_t                   group;
     dify_gcra_result_t           res;           /* when has_res */
     unsigned                     has_res:1;
+    unsigned                     plain:1;       /* no override last seen */
 } ngx_http_dify_limit_item_t;
+
+
+typedef struct ngx_http_dify_limit_call_s  ngx_http_dify_limit_call_t;
 
 
 /* the limits of one key: one script call */
 typedef struct {
     ngx_http_dify_limiter_t     *lm;
-    ngx_http_dify_redis_req_t   *cmd;           /* pending */
+    ngx_http_dify_limit_call_t  *call;          /* pending */
+    ngx_uint_t                   part;          /* of call */
+    ngx_queue_t                  queue;         /* in the batch */
     ngx_msec_t                   sent;
     ngx_uint_t                   by;            /* NGX_HTTP_DIFY_BY_* */
+    ngx_uint_t                   op;            /* DIFY_GCRA_OP_* */
     ngx_uint_t                   n;
     ngx_uint_t                   item[DIFY_GCRA_MAX_LIMITS];
+    unsigned                     queued:1;      /* in the batch */
     unsigned                     done:1;
     unsigned                     charged:1;     /* Redis charged it */
     unsigned                     blocked:1;
 } ngx_http_dify_limit_group_t;
 
 
+/* a group's place in a script call */
+typedef struct {
+    ngx_http_dify_limit_group_t *group;         /* NULL: its request left */
+    size_t                       width;         /* of its reply */
+} ngx_http_dify_limit_part_t;
+
+
+/* one script call, for the groups of one or several requests */
+struct ngx_http_dify_limit_call_s {
+    ngx_queue_t                  queue;         /* in the batch's calls */
+    ngx_http_dify_redis_req_t   *req;
+    ngx_uint_t                   n;
+    ngx_uint_t                   left;          /* groups still waiting */
+    ngx_http_dify_limit_part_t   part[1];       /* n */
+};
+
+
+/* the worker's: the groups of this pass, and the calls in flight */
+typedef struct {
+    ngx_event_t                  flush;
+    ngx_queue_t                  groups;
+    ngx_queue_t                  calls;
+    ngx_uint_t                   ready;
+} ngx_http_dify_limit_batch_t;
+
+
 struct ngx_http_dify_limiter_s {
     ngx_http_dify_ctx_t         *ctx;
+    ngx_http_dify_loc_conf_t    *dlcf;
     ngx_uint_t                   nitems;
     ngx_uint_t                   ngroups;
     ngx_uint_t                   pending;
@@ -122,10 +173,17 @@ struct ngx_http_dify_limiter_s {
 
 static ngx_int_t ngx_http_dify_limit_items(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limiter_t *lm);
-static ngx_int_t ngx_http_dify_limit_send(ngx_http_request_t *r,
-    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g,
-    ngx_uint_t refund);
+static void ngx_http_dify_limit_queue(ngx_http_dify_limit_group_t *g);
+static void ngx_http_dify_limit_flush(ngx_event_t *ev);
+static ngx_int_t ngx_http_dify_limit_send(ngx_http_dify_limit_group_t **gs,
+    ngx_uint_t n, ngx_uint_t refund);
+static size_t ngx_http_dify_limit_args(ngx_http_dify_limit_group_t **gs,
+    ngx_uint_t n, ngx_uint_t refund, u_char *p, const char **argv,
+    size_t *argvlen);
 static void ngx_http_dify_limit_reply(redisReply *reply, void *data);
+static void ngx_http_dify_limit_group_reply(ngx_http_dify_limit_group_t *g,
+    redisReply **element, ngx_uint_t *logged);
+static void ngx_http_dify_limit_group_done(ngx_http_dify_limit_group_t *g);
 static void ngx_http_dify_limit_refunded(redisReply *reply, void *data);
 static void ngx_http_dify_limit_fallback(ngx_http_request_t *r,
     ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g);
@@ -166,13 +224,18 @@ static ngx_int_t ngx_http_dify_init_zone(ngx_shm_zone_t *shm_zone,
 static ngx_http_dify_zone_t *ngx_http_dify_zone(ngx_http_request_t *r);
 
 
+static ngx_http_dify_limit_batch_t  ngx_http_dify_batch;
+
+
 ngx_int_t
 ngx_http_dify_limit_start(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
 {
     int64_t                       now;
-    ngx_uint_t                    i;
+    ngx_uint_t                    i, j, batches;
     ngx_http_dify_limiter_t      *lm;
     ngx_http_dify_loc_conf_t     *dlcf;
+    ngx_http_dify_main_conf_t    *mcf;
+    ngx_http_dify_limit_batch_t  *b;
     ngx_http_dify_limit_group_t  *g;
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
@@ -189,6 +252,7 @@ ngx_http_dify_limit_start(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
     }
 
     lm->ctx = ctx;
+    lm->dlcf = dlcf;
     ctx->limiter = lm;
 
     if (ngx_http_dify_limit_items(r, dlcf, lm) != NGX_OK) {
@@ -210,10 +274,39 @@ ngx_http_dify_limit_start(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
         return NGX_OK;
     }
 
+    b = &ngx_http_dify_batch;
+
+    if (!b->ready) {
+        b->flush.handler = ngx_http_dify_limit_flush;
+        b->flush.data = b;
+        b->flush.log = ngx_cycle->log;
+        ngx_queue_init(&b->groups);
+        ngx_queue_init(&b->calls);
+        b->ready = 1;
+    }
+
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_dify_status_module);
+    batches = ngx_http_dify_redis_batches(mcf->rs);
+
     for (i = 0; i < lm->ngroups; i++) {
         g = &lm->groups[i];
 
-        if (ngx_http_dify_limit_send(r, dlcf, g, 0) == NGX_OK) {
+        g->op = DIFY_GCRA_OP_DEFAULT;
+
+        for (j = 0; j < g->n; j++) {
+            if (!lm->items[g->item[j]].plain) {
+                g->op = DIFY_GCRA_OP_CHARGE;
+                break;
+            }
+        }
+
+        if (batches) {
+            ngx_http_dify_limit_queue(g);
+            lm->pending++;
+            continue;
+        }
+
+        if (ngx_http_dify_limit_send(&g, 1, 0) == NGX_OK) {
             lm->pending++;
             continue;
         }
@@ -314,199 +407,397 @@ ngx_http_dify_limit_items(ngx_http_request_t *r,
 
 
 /*
- * The script for one group: "c", 1 + n keys (the override, the states)
- * "c" "NAME RATE PERIOD BURST COST ..."; or, with refund, "r" and
- * "COST INTERVAL ..." for the limits Redis charged.  The hash tag {H}
- * keeps the key's override and states in one Redis Cluster slot, and
- * the override, the first key, routes the call.
+ * A group joins the worker's batch; the first of a pass posts the flush,
+ * which runs once this pass's events are handled.
+ */
+
+static void
+ngx_http_dify_limit_queue(ngx_http_dify_limit_group_t *g)
+{
+    ngx_http_dify_limit_batch_t  *b;
+
+    b = &ngx_http_dify_batch;
+
+    ngx_queue_insert_tail(&b->groups, &g->queue);
+    g->queued = 1;
+
+    if (!b->flush.posted) {
+        ngx_post_event(&b->flush, &ngx_posted_events);
+    }
+}
+
+
+/* every group of the pass, in order: one call per NGX_HTTP_DIFY_BATCH_MAX */
+
+static void
+ngx_http_dify_limit_flush(ngx_event_t *ev)
+{
+    ngx_http_dify_limit_batch_t *b = ev->data;
+
+    ngx_uint_t                    i, n;
+    ngx_queue_t                  *q;
+    ngx_http_dify_limit_group_t  *g, *gs[NGX_HTTP_DIFY_BATCH_MAX];
+
+    while (!ngx_queue_empty(&b->groups)) {
+
+        for (n = 0; n < NGX_HTTP_DIFY_BATCH_MAX; n++) {
+            if (ngx_queue_empty(&b->groups)) {
+                break;
+            }
+
+            q = ngx_queue_head(&b->groups);
+            ngx_queue_remove(q);
+
+            g = ngx_queue_data(q, ngx_http_dify_limit_group_t, queue);
+            g->queued = 0;
+            gs[n] = g;
+        }
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                       "dify_status limit: %ui groups in one call", n);
+
+        if (ngx_http_dify_limit_send(gs, n, 0) == NGX_OK) {
+            continue;
+        }
+
+        /* Redis cannot be asked now: each group takes its fallback */
+
+        for (i = 0; i < n; i++) {
+            g = gs[i];
+            ngx_http_dify_limit_fallback(g->lm->ctx->request, g->lm->dlcf, g);
+            ngx_http_dify_limit_group_done(g);
+        }
+    }
+}
+
+
+/*
+ * One script call for n groups (one, with refund: "r" for the limits
+ * Redis charged).  The hash tag {H} keeps a key's override and states in
+ * one Redis Cluster slot, and a group's first key routes a call of one
+ * group.
  */
 
 static ngx_int_t
-ngx_http_dify_limit_send(ngx_http_request_t *r,
-    ngx_http_dify_loc_conf_t *dlcf, ngx_http_dify_limit_group_t *g,
+ngx_http_dify_limit_send(ngx_http_dify_limit_group_t **gs, ngx_uint_t n,
     ngx_uint_t refund)
 {
-    u_char                      *p, *base;
-    size_t                       len, argvlen[4 + DIFY_GCRA_MAX_LIMITS];
-    ngx_int_t                    argc;
-    ngx_uint_t                   i;
-    const char                  *argv[4 + DIFY_GCRA_MAX_LIMITS];
-    ngx_http_dify_redis_pt       handler;
-    ngx_http_dify_limit_item_t  *it;
-    ngx_http_dify_main_conf_t   *mcf;
-    ngx_http_dify_limit_conf_t  *lc;
+    u_char                       *buf;
+    size_t                        size, nargs, *argvlen;
+    ngx_int_t                     argc;
+    ngx_uint_t                    i;
+    const char                  **argv;
+    ngx_http_dify_redis_req_t    *req;
+    ngx_http_dify_limit_call_t   *call;
+    ngx_http_dify_main_conf_t    *mcf;
+    ngx_http_dify_limit_group_t  *g;
 
-    mcf = ngx_http_get_module_main_conf(r, ngx_http_dify_status_module);
+    mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                              ngx_http_dify_status_module);
 
-    /* "<prefix>{<hash>}", then ":limit", ":tat" or ":tat:NAME" */
+    size = NGX_INT_T_LEN;
+    nargs = 2;
 
-    len = dlcf->prefix.len + 1 + DIFY_KEY_HASH_LEN + 1;
+    for (i = 0; i < n; i++) {
+        g = gs[i];
 
-    base = ngx_pnalloc(r->pool,
-                       (g->n + 1) * (len + sizeof(":tat:") + DIFY_GCRA_MAX_NAME)
-                       + g->n * (DIFY_GCRA_MAX_NAME + 5 * NGX_INT64_LEN)
-                       + 2);
-    if (base == NULL) {
+        size += (g->n + 1) * (g->lm->dlcf->prefix.len + 2 + DIFY_KEY_HASH_LEN
+                              + sizeof(":limit") + sizeof(":tat:")
+                              + DIFY_GCRA_MAX_NAME)
+                + g->n * 5 * NGX_INT64_LEN + 2;
+        nargs += 1 + 6 * g->n;
+    }
+
+    buf = ngx_alloc(nargs * (sizeof(const char *) + sizeof(size_t)) + size,
+                    ngx_cycle->log);
+    if (buf == NULL) {
         return NGX_ERROR;
     }
 
-    it = &g->lm->items[g->item[0]];
+    argv = (const char **) buf;
+    argvlen = (size_t *) (argv + nargs);
 
-    p = ngx_cpymem(base, dlcf->prefix.data, dlcf->prefix.len);
-    *p++ = '{';
-    p = ngx_cpymem(p, it->hash, DIFY_KEY_HASH_LEN);
-    *p++ = '}';
+    argc = ngx_http_dify_limit_args(gs, n, refund,
+                                    (u_char *) (argvlen + nargs), argv,
+                                    argvlen);
 
-    argv[0] = NULL;                                 /* numkeys, below */
-    argv[1] = (const char *) base;
-    p = ngx_cpymem(p, ":limit", sizeof(":limit") - 1);
-    argvlen[1] = p - base;
+    call = NULL;
 
-    argc = 2;
-
-    for (i = 0; i < g->n; i++) {
-        lc = g->lm->items[g->item[i]].conf;
-
-        argv[argc] = (const char *) p;
-        p = ngx_cpymem(p, base, len);
-        p = ngx_cpymem(p, ":tat", sizeof(":tat") - 1);
-
-        if (lc->name.len != sizeof("default") - 1
-            || ngx_strncmp(lc->name.data, "default", lc->name.len) != 0)
-        {
-            *p++ = ':';
-            p = ngx_cpymem(p, lc->name.data, lc->name.len);
-        }
-
-        argvlen[argc] = p - (u_char *) argv[argc];
-        argc++;
-    }
-
-    argv[0] = (const char *) p;
-    p = ngx_sprintf(p, "%ui", g->n + 1);
-    argvlen[0] = p - (u_char *) argv[0];
-
-    argv[argc] = refund ? "r" : "c";
-    argvlen[argc] = 1;
-    argc++;
-
-    argv[argc] = (const char *) p;
-
-    for (i = 0; i < g->n; i++) {
-        it = &g->lm->items[g->item[i]];
-        lc = it->conf;
-
-        if (i) {
-            *p++ = ' ';
-        }
-
-        if (refund) {
-            p = ngx_sprintf(p, "%uL %uL", it->cost,
-                            dify_gcra_interval(&it->res.limit));
-
-        } else {
-            p = ngx_sprintf(p, "%V %uL %uL %uL %uL", &lc->name,
-                            lc->limit.rate, lc->limit.period,
-                            lc->limit.burst, it->cost);
+    if (!refund) {
+        call = ngx_alloc(sizeof(ngx_http_dify_limit_call_t)
+                         + (n - 1) * sizeof(ngx_http_dify_limit_part_t),
+                         ngx_cycle->log);
+        if (call == NULL) {
+            ngx_free(buf);
+            return NGX_ERROR;
         }
     }
-
-    argvlen[argc] = p - (u_char *) argv[argc];
-    argc++;
-
-    handler = refund ? ngx_http_dify_limit_refunded
-                     : ngx_http_dify_limit_reply;
 
     /* the Redis connection times the command from when it is written */
 
-    g->cmd = ngx_http_dify_redis_eval(mcf->rs, mcf->script, handler,
-                                      refund ? NULL : g,
-                                      mcf->redis->timeout, argc, argv,
-                                      argvlen);
-    if (g->cmd == NULL) {
+    req = ngx_http_dify_redis_eval(mcf->rs, mcf->script,
+                                   refund ? ngx_http_dify_limit_refunded
+                                          : ngx_http_dify_limit_reply,
+                                   call, mcf->redis->timeout, argc, argv,
+                                   argvlen);
+
+    /* the command has its own copy of the arguments */
+
+    ngx_free(buf);
+
+    if (req == NULL) {
+        if (call != NULL) {
+            ngx_free(call);
+        }
+
         return NGX_ERROR;
     }
 
     if (refund) {
         /* nobody waits for it: it outlives the request */
-        g->cmd = NULL;
         return NGX_OK;
     }
 
-    g->sent = ngx_current_msec;
+    call->req = req;
+    call->n = n;
+    call->left = n;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "dify_status limit: %ui limits of one key, timeout %M ms",
-                   g->n, mcf->redis->timeout);
+    ngx_queue_insert_tail(&ngx_http_dify_batch.calls, &call->queue);
+
+    for (i = 0; i < n; i++) {
+        g = gs[i];
+
+        call->part[i].group = g;
+        call->part[i].width = dify_gcra_reply_width(g->op, g->n);
+
+        g->call = call;
+        g->part = i;
+        g->sent = ngx_current_msec;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "dify_status limit: a call of %ui groups, timeout %M ms",
+                   n, mcf->redis->timeout);
 
     return NGX_OK;
 }
 
 
 /*
- * Called by the command layer exactly once per command: with the reply,
- * or with NULL when none came in time.  Once every group has decided, it
- * decides the request and posts ctx->wait, so that the request goes on
- * outside of the Redis connection.
+ * The arguments, in the order of dify_gcra.h: numkeys, the keys of every
+ * group, the descriptor, the values of every group; from p, which has
+ * room enough.  Returns argc.
+ */
+
+static size_t
+ngx_http_dify_limit_args(ngx_http_dify_limit_group_t **gs, ngx_uint_t n,
+    ngx_uint_t refund, u_char *p, const char **argv, size_t *argvlen)
+{
+    u_char                      *base, *desc;
+    size_t                       len, k, v, nkeys;
+    uint64_t                     val[5];
+    ngx_uint_t                   i, j, m, op, nval;
+    ngx_http_dify_limit_conf_t  *lc;
+    ngx_http_dify_limit_item_t  *it;
+    ngx_http_dify_limit_group_t *g;
+
+    nkeys = 0;
+
+    for (i = 0; i < n; i++) {
+        nkeys += gs[i]->n + 1;
+    }
+
+    argv[0] = (const char *) p;
+    p = ngx_sprintf(p, "%uz", nkeys);
+    argvlen[0] = p - (u_char *) argv[0];
+
+    k = 1;
+    v = 1 + nkeys;
+
+    desc = p;
+    p += 2 * n;
+
+    argv[v] = (const char *) desc;
+    argvlen[v] = 2 * n;
+    v++;
+
+    for (i = 0; i < n; i++) {
+        g = gs[i];
+        op = refund ? DIFY_GCRA_OP_REFUND : g->op;
+
+        *desc++ = (u_char) op;
+        *desc++ = (u_char) ('0' + g->n);
+
+        /* "<prefix>{<hash>}", then ":limit", ":tat" or ":tat:NAME" */
+
+        it = &g->lm->items[g->item[0]];
+
+        base = p;
+        p = ngx_cpymem(p, g->lm->dlcf->prefix.data, g->lm->dlcf->prefix.len);
+        *p++ = '{';
+        p = ngx_cpymem(p, it->hash, DIFY_KEY_HASH_LEN);
+        *p++ = '}';
+        len = p - base;
+
+        argv[k] = (const char *) base;
+        p = ngx_cpymem(p, ":limit", sizeof(":limit") - 1);
+        argvlen[k++] = p - base;
+
+        for (j = 0; j < g->n; j++) {
+            it = &g->lm->items[g->item[j]];
+            lc = it->conf;
+
+            argv[k] = (const char *) p;
+            p = ngx_cpymem(p, base, len);
+            p = ngx_cpymem(p, ":tat", sizeof(":tat") - 1);
+
+            if (lc->name.len != sizeof("default") - 1
+                || ngx_strncmp(lc->name.data, "default", lc->name.len) != 0)
+            {
+                *p++ = ':';
+                p = ngx_cpymem(p, lc->name.data, lc->name.len);
+            }
+
+            argvlen[k] = p - (u_char *) argv[k];
+            k++;
+
+            if (op == DIFY_GCRA_OP_REFUND) {
+                val[0] = it->cost;
+                val[1] = dify_gcra_interval(&it->res.limit);
+                nval = 2;
+
+            } else {
+                argv[v] = (const char *) lc->name.data;
+                argvlen[v++] = lc->name.len;
+                val[0] = lc->limit.rate;
+                val[1] = lc->limit.period;
+                val[2] = lc->limit.burst;
+                val[3] = it->cost;
+                nval = 4;
+            }
+
+            for (m = 0; m < nval; m++) {
+                argv[v] = (const char *) p;
+                p = ngx_sprintf(p, "%uL", val[m]);
+                argvlen[v] = p - (u_char *) argv[v];
+                v++;
+            }
+        }
+    }
+
+    return v;
+}
+
+
+/*
+ * Called by the command layer exactly once per call: with the reply, or
+ * with NULL when none came in time.  Each group still waiting takes its
+ * part; the reply's shape is the whole call's.
  */
 
 static void
 ngx_http_dify_limit_reply(redisReply *reply, void *data)
 {
-    ngx_http_dify_limit_group_t *g = data;
+    ngx_http_dify_limit_call_t *call = data;
 
-    size_t                        err_len;
-    ngx_uint_t                    i;
-    const char                   *err;
-    dify_reply_rc_e               rc;
-    ngx_http_request_t           *r;
-    ngx_http_dify_ctx_t          *ctx;
-    ngx_http_dify_limiter_t      *lm;
-    ngx_http_dify_loc_conf_t     *dlcf;
-    ngx_http_dify_limit_item_t   *it;
-    dify_gcra_result_t            res[DIFY_GCRA_MAX_LIMITS];
+    size_t                        pos, need;
+    ngx_uint_t                    i, logged;
+    redisReply                  **element;
+    ngx_http_dify_limit_group_t  *g;
 
-    lm = g->lm;
-    ctx = lm->ctx;
-    r = ctx->request;
-    g->cmd = NULL;
-    lm->pending--;
+    ngx_queue_remove(&call->queue);
 
-    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dify_status_module);
+    need = 0;
+
+    for (i = 0; i < call->n; i++) {
+        need += call->part[i].width;
+    }
+
+    logged = 0;
+    element = NULL;
 
     if (reply == NULL) {
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                        "dify_status limit: no reply in time, "
                        "or the connection was lost");
-        ngx_http_dify_limit_fallback(r, dlcf, g);
-        goto next;
+
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        /* a NOSCRIPT here: the script could not be loaded in time */
+
+        /* counted and logged, once, by the command layer */
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "dify_status limit: error reply: \"%*s\"",
+                       (size_t) reply->len, reply->str ? reply->str : "");
+
+    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != need
+               || (need != 0 && reply->element == NULL))
+    {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "dify_status: unexpected reply from redis: \"%s\"",
+                      "reply is not an array of the call's size");
+        logged = 1;
+
+    } else {
+        element = reply->element;
+    }
+
+    pos = 0;
+
+    for (i = 0; i < call->n; i++) {
+        g = call->part[i].group;
+
+        if (g != NULL) {
+            g->call = NULL;
+            ngx_http_dify_limit_group_reply(g, element ? element + pos : NULL,
+                                            &logged);
+        }
+
+        pos += call->part[i].width;
+    }
+
+    ngx_free(call);
+}
+
+
+/* a group's part of a reply, or NULL: none came */
+
+static void
+ngx_http_dify_limit_group_reply(ngx_http_dify_limit_group_t *g,
+    redisReply **element, ngx_uint_t *logged)
+{
+    ngx_uint_t                   i;
+    const char                  *err;
+    ngx_http_request_t          *r;
+    ngx_http_dify_limiter_t     *lm;
+    ngx_http_dify_limit_item_t  *it;
+    dify_gcra_result_t           res[DIFY_GCRA_MAX_LIMITS];
+
+    lm = g->lm;
+    r = lm->ctx->request;
+
+    if (element == NULL) {
+        ngx_http_dify_limit_fallback(r, lm->dlcf, g);
+        goto done;
     }
 
     err = NULL;
-    err_len = 0;
 
-    rc = dify_gcra_parse_replies(reply, res, g->n, &err, &err_len);
+    if (dify_gcra_parse_group(element, g->op, g->n, res, &err)
+        != DIFY_REPLY_OK)
+    {
+        if (!*logged) {
+            ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
 
-    /* a NOSCRIPT here: the script could not be loaded in time */
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "dify_status: unexpected reply from redis: \"%s\"",
+                          err ? err : "");
+            *logged = 1;
+        }
 
-    if (rc != DIFY_REPLY_OK && reply->type == REDIS_REPLY_ERROR) {
-        /* counted and logged, once, by the command layer */
-        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "dify_status limit: error reply: \"%*s\"",
-                       err_len, err ? err : "");
-        ngx_http_dify_limit_fallback(r, dlcf, g);
-        goto next;
-    }
-
-    if (rc != DIFY_REPLY_OK) {
-        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_ERRORS);
-
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "dify_status: unexpected reply from redis: \"%*s\"",
-                      err_len, err ? err : "");
-
-        ngx_http_dify_limit_fallback(r, dlcf, g);
-        goto next;
+        ngx_http_dify_limit_fallback(r, lm->dlcf, g);
+        goto done;
     }
 
     g->by = NGX_HTTP_DIFY_BY_REDIS;
@@ -520,17 +811,33 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
         it->has_res = !g->blocked;
     }
 
-    ngx_http_dify_limit_shadow(r, dlcf, g, ngx_http_dify_now());
+    ngx_http_dify_limit_shadow(r, lm->dlcf, g, ngx_http_dify_now());
 
-next:
+done:
 
-    if (lm->pending) {
+    ngx_http_dify_limit_group_done(g);
+}
+
+
+/*
+ * Once every group has decided, the request is decided, and goes on
+ * outside of the Redis connection: ctx->wait is posted.
+ */
+
+static void
+ngx_http_dify_limit_group_done(ngx_http_dify_limit_group_t *g)
+{
+    ngx_http_dify_limiter_t  *lm;
+
+    lm = g->lm;
+
+    if (--lm->pending) {
         return;
     }
 
-    ngx_http_dify_limit_decided(r, dlcf, lm, 0);
+    ngx_http_dify_limit_decided(lm->ctx->request, lm->dlcf, lm, 0);
 
-    ngx_post_event(&ctx->wait, &ngx_posted_events);
+    ngx_post_event(&lm->ctx->wait, &ngx_posted_events);
 }
 
 
@@ -705,7 +1012,7 @@ ngx_http_dify_limit_decided(ngx_http_request_t *r,
             }
 
             g->charged = 0;
-            (void) ngx_http_dify_limit_send(r, dlcf, g, 1);
+            (void) ngx_http_dify_limit_send(&g, 1, 1);
 
             /* the answer and the shadows show the states as given back */
 
@@ -948,7 +1255,8 @@ ngx_http_dify_limit_commit(ngx_http_request_t *r,
 /*
  * NGX_OK when the shadow says a limit certainly refuses the request (a
  * verdict less than NGX_HTTP_DIFY_CACHE_LIFE old): the items it knows
- * then hold the answer.
+ * then hold the answer.  Each item also learns whether its limit was
+ * last seen in force as the location's default (or never seen).
  */
 
 static ngx_int_t
@@ -965,7 +1273,7 @@ ngx_http_dify_limit_cached(ngx_http_request_t *r,
     ngx_http_dify_zone_t        *zone;
     ngx_http_dify_node_key_t     nk;
     ngx_http_dify_limit_item_t  *it;
-    dify_gcra_limit_t            limit[DIFY_GCRA_MAX_LIMITS];
+    dify_gcra_limit_t            deflt, limit[DIFY_GCRA_MAX_LIMITS];
 
     zone = ngx_http_dify_zone(r);
 
@@ -989,6 +1297,13 @@ ngx_http_dify_limit_cached(ngx_http_request_t *r,
         }
 
         ngx_shmtx_unlock(&zone->shpool->mutex);
+
+        it->plain = 1;
+
+        if (known[i]) {
+            dify_gcra_normalize(&it->conf->limit, &deflt);
+            it->plain = (ngx_memcmp(&deflt, &limit[i], sizeof(deflt)) == 0);
+        }
     }
 
     rc = NGX_DECLINED;
@@ -1114,8 +1429,10 @@ ngx_http_dify_limit_unshadow(ngx_http_request_t *r,
 void
 ngx_http_dify_limit_release(ngx_http_dify_ctx_t *ctx)
 {
-    ngx_uint_t                i;
-    ngx_http_dify_limiter_t  *lm;
+    ngx_uint_t                    i;
+    ngx_http_dify_limiter_t      *lm;
+    ngx_http_dify_limit_call_t   *call;
+    ngx_http_dify_limit_group_t  *g;
 
     lm = ctx->limiter;
 
@@ -1124,13 +1441,63 @@ ngx_http_dify_limit_release(ngx_http_dify_ctx_t *ctx)
     }
 
     for (i = 0; i < lm->ngroups; i++) {
-        if (lm->groups[i].cmd != NULL) {
-            ngx_http_dify_redis_cancel(lm->groups[i].cmd);
-            lm->groups[i].cmd = NULL;
+        g = &lm->groups[i];
+
+        if (g->queued) {
+            ngx_queue_remove(&g->queue);
+            g->queued = 0;
+        }
+
+        call = g->call;
+
+        if (call == NULL) {
+            continue;
+        }
+
+        /* the call goes on for the other groups it carries */
+
+        call->part[g->part].group = NULL;
+        g->call = NULL;
+
+        if (--call->left == 0) {
+            ngx_http_dify_redis_cancel(call->req);
+            ngx_queue_remove(&call->queue);
+            ngx_free(call);
         }
     }
 
     lm->pending = 0;
+}
+
+
+/* the calls in flight are nobody's once the worker exits */
+
+void
+ngx_http_dify_limit_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_queue_t                  *q;
+    ngx_http_dify_limit_call_t   *call;
+    ngx_http_dify_limit_batch_t  *b;
+
+    b = &ngx_http_dify_batch;
+
+    if (!b->ready) {
+        return;
+    }
+
+    if (b->flush.posted) {
+        ngx_delete_posted_event(&b->flush);
+    }
+
+    while (!ngx_queue_empty(&b->calls)) {
+        q = ngx_queue_head(&b->calls);
+        ngx_queue_remove(q);
+
+        call = ngx_queue_data(q, ngx_http_dify_limit_call_t, queue);
+        ngx_free(call);
+    }
+
+    b->ready = 0;
 }
 
 

@@ -1350,6 +1350,8 @@ ngx_http_dify_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    ngx_http_dify_limit_exit_process(cycle);
+
     ngx_http_dify_redis_exit_process(cycle, mcf);
 
     ngx_http_dify_log_exit_process(cycle);

@@ -27,7 +27,7 @@
 #define NGX_HTTP_DIFY_REDIS_PORT           6379
 #define NGX_HTTP_DIFY_REDIS_TIMEOUT        50       /* in milliseconds */
 #define NGX_HTTP_DIFY_REDIS_CONNECT        200      /* in milliseconds */
-#define NGX_HTTP_DIFY_REDIS_MAX_ARGS       16
+#define NGX_HTTP_DIFY_REDIS_MAX_ARGS       4096
 
 /* an error class seen again after this long is logged again */
 #define NGX_HTTP_DIFY_REDIS_ERR_RELOG      60000    /* in milliseconds */
@@ -59,10 +59,10 @@ struct ngx_http_dify_redis_req_s {
     ngx_http_dify_redis_pt         handler;     /* NULL: cancelled */
     void                          *data;
     int                            argc;        /* after the script */
-    const char                    *argv[NGX_HTTP_DIFY_REDIS_MAX_ARGS];
-    size_t                         argvlen[NGX_HTTP_DIFY_REDIS_MAX_ARGS];
+    const char                   **argv;        /* argc + 2 */
+    size_t                        *argvlen;
     unsigned                       retried:1;
-    /* followed by the arguments' bytes */
+    /* followed by argv, argvlen and the arguments' bytes */
 };
 
 
@@ -267,7 +267,8 @@ ngx_http_dify_redis_eval(ngx_http_dify_redis_t *rs,
         return NULL;
     }
 
-    size = sizeof(ngx_http_dify_redis_req_t);
+    size = sizeof(ngx_http_dify_redis_req_t)
+           + (argc + 2) * (sizeof(const char *) + sizeof(size_t));
 
     for (i = 0; i < argc; i++) {
         size += argvlen[i];
@@ -286,7 +287,11 @@ ngx_http_dify_redis_eval(ngx_http_dify_redis_t *rs,
     req->data = data;
     req->argc = argc;
 
-    p = (u_char *) req + sizeof(ngx_http_dify_redis_req_t);
+    req->argv = (const char **) ((u_char *) req
+                                 + sizeof(ngx_http_dify_redis_req_t));
+    req->argvlen = (size_t *) (req->argv + argc + 2);
+
+    p = (u_char *) (req->argvlen + argc + 2);
 
     for (i = 0; i < argc; i++) {
         req->argv[i + 2] = (const char *) p;
@@ -310,6 +315,18 @@ ngx_http_dify_redis_eval(ngx_http_dify_redis_t *rs,
     ngx_queue_insert_tail(&rs->reqs, &req->queue);
 
     return req;
+}
+
+
+/*
+ * 1 when one command may carry the keys of many slots: always, but in a
+ * Cluster, where a command's keys must share one.
+ */
+
+ngx_uint_t
+ngx_http_dify_redis_batches(ngx_http_dify_redis_t *rs)
+{
+    return rs != NULL && rs->cluster == NULL;
 }
 
 

@@ -533,11 +533,11 @@ scenario 'ACL user' => sub {
     is $t->redis('ACL', 'SETUSER', 'dify', 'on', '>dify-pw',
                  '~dify:status:*', '+evalsha', '+eval', '+ping', '+select',
                  # what the script calls
-                 '+hmget', '+time', '+get', '+set'),
+                 '+hmget', '+time', '+mget', '+exists', '+set'),
         'OK', 'ACL SETUSER dify';
     is $t->redis('ACL', 'SETUSER', 'other', 'on', '>other-pw',
                  '~other:*', '+evalsha', '+eval', '+ping', '+select',
-                 '+hmget', '+time', '+get', '+set'),
+                 '+hmget', '+time', '+mget', '+exists', '+set'),
         'OK', 'ACL SETUSER other (no access to the limiter\'s keys)';
 
     $t->start_nginx(workers => $WORKERS, main => $MAIN,

@@ -36,7 +36,7 @@ my $t = DifyTest->new(log_level => 'debug');
 $t->start_redis(password => 'admin-pw');
 $t->redis('ACL', 'SETUSER', 'gw', 'on', ">$PW", '~dify:status:*',
           '+evalsha', '+eval', '+ping', '+select',
-          '+hmget', '+time', '+get', '+set');
+          '+hmget', '+time', '+mget', '+exists', '+set');
 
 # every variable of the module, and the usual request fields; the Redis
 # timeout is scaled in valgrind mode (nginx ~10x slower, at debug level):

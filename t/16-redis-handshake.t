@@ -158,7 +158,7 @@ subtest 'an ACL user without SCRIPT: EVAL once per connection' => sub {
     $t->start_redis;
     is $t->redis('ACL', 'SETUSER', 'gw', 'on', '>gw-pw', '~dify:status:*',
                  '+evalsha', '+eval', '+ping', '+select',
-                 '+hmget', '+time', '+get', '+set'),
+                 '+hmget', '+time', '+mget', '+exists', '+set'),
         'OK', 'ACL SETUSER gw, without +script';
     $t->start_nginx(workers => $WORKERS,
                     http => http_conf('%%REDIS%% user=gw password=gw-pw'));
