@@ -1024,15 +1024,14 @@ flat_add(test_flat_t *f, ...)
 
 
 static void
-expect_group_error(redisReply **element, int op, size_t n,
-    const dify_gcra_limit_t *known, const char *why)
+expect_group_error(redisReply **element, int op, size_t n, const char *why)
 {
     const char          *err;
     dify_gcra_result_t   res[DIFY_GCRA_MAX_LIMITS + 1];
 
     err = NULL;
 
-    if (dify_gcra_parse_group(element, op, n, known, res, &err)
+    if (dify_gcra_parse_group(element, op, n, res, &err)
         != DIFY_REPLY_ERROR)
     {
         fail_msg("group accepted: %s", why);
@@ -1042,8 +1041,7 @@ expect_group_error(redisReply **element, int op, size_t n,
     assert_true(strlen(err) > 0);
 
     /* err may be NULL */
-    assert_int_equal(dify_gcra_parse_group(element, op, n, known, res,
-                                           NULL),
+    assert_int_equal(dify_gcra_parse_group(element, op, n, res, NULL),
                      DIFY_REPLY_ERROR);
 }
 
@@ -1051,20 +1049,19 @@ expect_group_error(redisReply **element, int op, size_t n,
 static void
 test_parse_group(void **state)
 {
-    int                  t;
+    int                  t, op;
     size_t               i, n;
     char                 one[] = "1";
     test_flat_t          f;
-    redisReply         **c1, **k2, **r1, **c2, **e;
+    redisReply         **c1, **d2, **r1, **c2, **e;
     const char          *err;
-    dify_gcra_limit_t    known[DIFY_GCRA_MAX_LIMITS + 1];
     dify_gcra_result_t   res[DIFY_GCRA_MAX_LIMITS + 1], one_res;
     test_reply_t         r;
     const int            types[] = {
         REDIS_REPLY_STRING, REDIS_REPLY_ARRAY, REDIS_REPLY_NIL,
         REDIS_REPLY_STATUS, REDIS_REPLY_ERROR
     };
-    const char           ops[] = { DIFY_GCRA_OP_CHARGE, DIFY_GCRA_OP_KNOWN,
+    const char           ops[] = { DIFY_GCRA_OP_CHARGE, DIFY_GCRA_OP_DEFAULT,
                                    DIFY_GCRA_OP_REFUND };
 
     (void) state;
@@ -1074,31 +1071,29 @@ test_parse_group(void **state)
     for (n = 1; n <= DIFY_GCRA_MAX_LIMITS; n++) {
         assert_int_equal(dify_gcra_reply_width(DIFY_GCRA_OP_CHARGE, n),
                          7 * n);
-        assert_int_equal(dify_gcra_reply_width(DIFY_GCRA_OP_KNOWN, n),
-                         4 * n);
+        assert_int_equal(dify_gcra_reply_width(DIFY_GCRA_OP_DEFAULT, n),
+                         7 * n);
         assert_int_equal(dify_gcra_reply_width(DIFY_GCRA_OP_REFUND, n), 1);
     }
 
     /*
-     * a batch "c1k2r1c2": 7 + 8 + 1 + 14 elements; the "k" limits are
-     * 10 r/s burst 5 and 2 r/d burst 1 (T 43200 s)
+     * a batch "c1d2r1c2": 7 + 14 + 1 + 14 elements; the "d" limits are
+     * 10 r/s burst 5 and 2 r/d burst 1 (T 43200 s), both limited
      */
-
-    known[0] = lim(10, 1, 5);
-    known[1] = lim(2, 86400, 1);
 
     flat_init(&f);
     c1 = flat_add(&f, 1LL, 10LL, 1LL, 5LL, 4LL, 100000LL, 0LL, TEST_END);
-    k2 = flat_add(&f, 0LL, 2LL, 300000LL, 100000LL,
-                  0LL, 0LL, 43200000000LL, 43200000000LL, TEST_END);
+    d2 = flat_add(&f, 0LL, 10LL, 1LL, 5LL, 2LL, 300000LL, 100000LL,
+                  0LL, 2LL, 86400LL, 1LL, 0LL, 43200000000LL, 43200000000LL,
+                  TEST_END);
     r1 = flat_add(&f, 2LL, TEST_END);
     c2 = flat_add(&f, -1LL, 7LL, 60LL, 9LL, 0LL, 0LL, 0LL,
                   -1LL, 10LL, 1LL, 5LL, 0LL, 0LL, 0LL, TEST_END);
-    assert_int_equal(f.n, 30);
+    assert_int_equal(f.n, 36);
 
     err = NULL;
-    assert_int_equal(dify_gcra_parse_group(c1, DIFY_GCRA_OP_CHARGE, 1, NULL,
-                                           res, &err), DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_parse_group(c1, DIFY_GCRA_OP_CHARGE, 1, res,
+                                           &err), DIFY_REPLY_OK);
     assert_null(err);
     assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
     assert_int_equal(res[0].limit.rate, 10);
@@ -1108,7 +1103,7 @@ test_parse_group(void **state)
     assert_int_equal(res[0].reset, 100000);
     assert_int_equal(res[0].retry, 0);
 
-    /* a "c" group is what dify_gcra_parse_replies() reads */
+    /* a "c" group is what dify_gcra_parse_reply() reads */
 
     reply_init(&r, 1, 10, 1, 5, 4, 100000, 0);
     assert_int_equal(dify_gcra_parse_reply(&r.top, &one_res, NULL, NULL),
@@ -1121,10 +1116,10 @@ test_parse_group(void **state)
     assert_int_equal(one_res.reset, res[0].reset);
     assert_int_equal(one_res.retry, res[0].retry);
 
-    assert_int_equal(dify_gcra_parse_group(k2, DIFY_GCRA_OP_KNOWN, 2, known,
-                                           res, NULL), DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_parse_group(d2, DIFY_GCRA_OP_DEFAULT, 2, res,
+                                           NULL), DIFY_REPLY_OK);
     assert_int_equal(res[0].verdict, DIFY_GCRA_LIMITED);
-    assert_int_equal(res[0].limit.rate, 10);        /* the node's */
+    assert_int_equal(res[0].limit.rate, 10);
     assert_int_equal(res[0].limit.burst, 5);
     assert_int_equal(res[0].remaining, 2);
     assert_int_equal(res[0].retry, 100000);
@@ -1132,168 +1127,122 @@ test_parse_group(void **state)
     assert_int_equal(res[1].limit.period, 86400);
     assert_int_equal(res[1].reset, 43200000000ULL);
 
-    assert_int_equal(dify_gcra_parse_group(r1, DIFY_GCRA_OP_REFUND, 2, NULL,
-                                           res, NULL), DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_parse_group(r1, DIFY_GCRA_OP_REFUND, 2, res,
+                                           NULL), DIFY_REPLY_OK);
 
-    assert_int_equal(dify_gcra_parse_group(c2, DIFY_GCRA_OP_CHARGE, 2, NULL,
-                                           res, NULL), DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_parse_group(c2, DIFY_GCRA_OP_CHARGE, 2, res,
+                                           NULL), DIFY_REPLY_OK);
     assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
     assert_int_equal(res[0].limit.rate, 7);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_BLOCKED);
+
+    /* "d" is blocked by an override as "c" is */
+
+    assert_int_equal(dify_gcra_parse_group(c2, DIFY_GCRA_OP_DEFAULT, 2, res,
+                                           NULL), DIFY_REPLY_OK);
     assert_int_equal(res[1].verdict, DIFY_GCRA_BLOCKED);
 
     /* a group reads its own width, not one element more */
 
     f.ptr[7] = NULL;
-    assert_int_equal(dify_gcra_parse_group(c1, DIFY_GCRA_OP_CHARGE, 1, NULL,
-                                           res, NULL), DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_parse_group(c1, DIFY_GCRA_OP_CHARGE, 1, res,
+                                           NULL), DIFY_REPLY_OK);
     f.ptr[7] = &f.el[7];
-    f.ptr[15] = NULL;
-    assert_int_equal(dify_gcra_parse_group(k2, DIFY_GCRA_OP_KNOWN, 2, known,
-                                           res, NULL), DIFY_REPLY_OK);
-    f.ptr[15] = &f.el[15];
-    f.ptr[16] = NULL;
-    assert_int_equal(dify_gcra_parse_group(r1, DIFY_GCRA_OP_REFUND, 2, NULL,
-                                           res, NULL), DIFY_REPLY_OK);
-
-    /* a "k" limit out of range is taken as the script clamps it */
-
-    flat_init(&f);
-    e = flat_add(&f, 1LL, 0LL, 1000000LL, 0LL, TEST_END);
-    known[0] = lim(0, 0, 0);
-    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_KNOWN, 1, known,
-                                           res, NULL), DIFY_REPLY_OK);
-    assert_int_equal(res[0].limit.rate, 1);
-    assert_int_equal(res[0].limit.period, 1);
-    assert_int_equal(res[0].limit.burst, 1);
+    f.ptr[21] = NULL;
+    assert_int_equal(dify_gcra_parse_group(d2, DIFY_GCRA_OP_DEFAULT, 2, res,
+                                           NULL), DIFY_REPLY_OK);
+    f.ptr[21] = &f.el[21];
+    f.ptr[22] = NULL;
+    assert_int_equal(dify_gcra_parse_group(r1, DIFY_GCRA_OP_REFUND, 2, res,
+                                           NULL), DIFY_REPLY_OK);
 
     /* no limit, or too many, for every op */
 
     flat_init(&f);
 
-    for (i = 0; i < 7 * (DIFY_GCRA_MAX_LIMITS + 1); i++) {
-        e = flat_add(&f, 0LL, TEST_END);
-        (void) e;
-
-        if (f.n == 64) {
-            break;
-        }
+    for (i = 0; i < 64; i++) {
+        (void) flat_add(&f, 0LL, TEST_END);
     }
 
     for (i = 0; i < sizeof(ops); i++) {
-        expect_group_error(f.ptr, ops[i], 0, known, "n = 0");
-        expect_group_error(f.ptr, ops[i], DIFY_GCRA_MAX_LIMITS + 1, known,
-                           "n = 9");
+        expect_group_error(f.ptr, ops[i], 0, "n = 0");
+        expect_group_error(f.ptr, ops[i], DIFY_GCRA_MAX_LIMITS + 1, "n = 9");
     }
 
     /* "r": a count from 0 to n, an integer */
 
     flat_init(&f);
     e = flat_add(&f, 0LL, TEST_END);
-    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_REFUND, 1, NULL,
-                                           res, NULL), DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_REFUND, 1, res,
+                                           NULL), DIFY_REPLY_OK);
     f.el[0].integer = 3;
-    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_REFUND, 3, NULL,
-                                           res, NULL), DIFY_REPLY_OK);
-    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, NULL, "r: 3 of 2");
+    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_REFUND, 3, res,
+                                           NULL), DIFY_REPLY_OK);
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, "r: 3 of 2");
     f.el[0].integer = -1;
-    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, NULL, "r: -1");
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, "r: -1");
     f.el[0].integer = LLONG_MIN;
-    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, NULL, "r: LLONG_MIN");
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, "r: LLONG_MIN");
     f.el[0].integer = 1;
 
     for (t = 0; t < (int) (sizeof(types) / sizeof(types[0])); t++) {
         f.el[0].type = types[t];
         f.el[0].str = one;
         f.el[0].len = 1;
-        expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, NULL, "r: a type");
+        expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, "r: a type");
     }
 
     f.ptr[0] = NULL;
-    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, NULL, "r: NULL");
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, "r: NULL");
 
-    /* "c": blocked for some limits only; a bad second limit */
+    /*
+     * "c" and "d": blocked for some limits only; each element of each
+     * limit NULL, of another type, out of range, or inconsistent
+     */
 
-    flat_init(&f);
-    e = flat_add(&f, -1LL, 7LL, 60LL, 9LL, 0LL, 0LL, 0LL,
-                 1LL, 10LL, 1LL, 5LL, 4LL, 100000LL, 0LL, TEST_END);
-    expect_group_error(e, DIFY_GCRA_OP_CHARGE, 2, NULL, "c: blocked 1 of 2");
-    f.el[0].integer = 1;
-    f.el[4].integer = 8;
-    f.el[5].integer = 8571428;                  /* one unit of 7 r/m */
-    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_CHARGE, 2, NULL,
-                                           res, NULL), DIFY_REPLY_OK);
-    f.el[11].integer = 3;
-    expect_group_error(e, DIFY_GCRA_OP_CHARGE, 2, NULL, "c: inconsistent");
-    f.el[11].integer = 4;
-    f.ptr[13] = NULL;
-    expect_group_error(e, DIFY_GCRA_OP_CHARGE, 2, NULL, "c: NULL");
+    for (i = 0; i < 2; i++) {
+        op = ops[i];
 
-    /* "k": each element of each limit NULL, of another type, or off */
-
-    known[0] = lim(10, 1, 5);
-    known[1] = lim(2, 86400, 1);
-
-    for (i = 0; i < 8; i++) {
         flat_init(&f);
-        e = flat_add(&f, 1LL, 4LL, 100000LL, 0LL,
-                     0LL, 0LL, 43200000000LL, 43200000000LL, TEST_END);
-        assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_KNOWN, 2,
-                                               known, res, NULL),
+        e = flat_add(&f, -1LL, 7LL, 60LL, 9LL, 0LL, 0LL, 0LL,
+                     1LL, 10LL, 1LL, 5LL, 4LL, 100000LL, 0LL, TEST_END);
+        expect_group_error(e, op, 2, "blocked 1 of 2");
+        f.el[0].integer = 1;
+        f.el[4].integer = 8;
+        f.el[5].integer = 8571428;              /* one unit of 7 r/m */
+        assert_int_equal(dify_gcra_parse_group(e, op, 2, res, NULL),
                          DIFY_REPLY_OK);
 
-        f.ptr[i] = NULL;
-        expect_group_error(e, DIFY_GCRA_OP_KNOWN, 2, known, "k: NULL");
-        f.ptr[i] = &f.el[i];
+        for (n = 0; n < 14; n++) {
+            f.ptr[n] = NULL;
+            expect_group_error(e, op, 2, "NULL");
+            f.ptr[n] = &f.el[n];
 
-        for (t = 0; t < (int) (sizeof(types) / sizeof(types[0])); t++) {
-            f.el[i].type = types[t];
-            f.el[i].str = one;
-            f.el[i].len = 1;
-            expect_group_error(e, DIFY_GCRA_OP_KNOWN, 2, known, "k: type");
+            for (t = 0; t < (int) (sizeof(types) / sizeof(types[0])); t++) {
+                f.el[n].type = types[t];
+                f.el[n].str = one;
+                f.el[n].len = 1;
+                expect_group_error(e, op, 2, "a type");
+            }
+
+            f.el[n].type = REDIS_REPLY_INTEGER;
         }
 
-        f.el[i].type = REDIS_REPLY_INTEGER;
-        f.el[i].integer += 1;
-        expect_group_error(e, DIFY_GCRA_OP_KNOWN, 2, known, "k: off by 1");
-        f.el[i].integer -= 2;
-
-        if (i != 2) {
-            /* a reset 1 us less has the same remaining: consistent */
-            expect_group_error(e, DIFY_GCRA_OP_KNOWN, 2, known,
-                               "k: off by -1");
-        }
+        f.el[11].integer = 3;
+        expect_group_error(e, op, 2, "remaining off by 1");
+        f.el[11].integer = 4;
+        f.el[13].integer = 1;
+        expect_group_error(e, op, 2, "allowed with a retry");
+        f.el[13].integer = 0;
+        f.el[7].integer = 2;
+        expect_group_error(e, op, 2, "verdict 2");
+        f.el[7].integer = 1;
+        f.el[8].integer = 1000001;
+        expect_group_error(e, op, 2, "rate out of range");
+        f.el[8].integer = 10;
+        assert_int_equal(dify_gcra_parse_group(e, op, 2, res, NULL),
+                         DIFY_REPLY_OK);
     }
-
-    /* "k": never blocked (the node knew the limit, no override read) */
-
-    flat_init(&f);
-    e = flat_add(&f, -1LL, 0LL, 0LL, 0LL, TEST_END);
-    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: blocked");
-
-    /* "k": checked against the node's limit, not any limit */
-
-    flat_init(&f);
-    e = flat_add(&f, 1LL, 4LL, 100000LL, 0LL, TEST_END);
-    known[0] = lim(10, 1, 6);
-    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: burst 6");
-    known[0] = lim(20, 1, 5);
-    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: T 50 ms");
-    known[0] = lim(10, 1, 5);
-    f.el[0].integer = 2;
-    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: verdict 2");
-    f.el[0].integer = -3;
-    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: verdict -3");
-    f.el[0].integer = 1;
-    f.el[2].integer = 500001;
-    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: reset > tol");
-    f.el[0].integer = 0;
-    f.el[1].integer = 0;
-    f.el[2].integer = 500000;
-    f.el[3].integer = 50000;
-    expect_group_error(e, DIFY_GCRA_OP_KNOWN, 1, known, "k: retry not c*T");
-    f.el[3].integer = 100000;
-    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_KNOWN, 1, known,
-                                           res, NULL), DIFY_REPLY_OK);
 }
 
 /* Retry-After and the header fields */

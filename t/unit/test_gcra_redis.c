@@ -19,9 +19,9 @@
  * TIMEs.  dify_gcra_decide() run at that "now" on a local copy of the
  * state must give the same reply, and the same new state.
  *
- * One call decides a batch of groups ("c", "k", "r"; see dify_gcra.h);
+ * One call decides a batch of groups ("c", "d", "r"; see dify_gcra.h);
  * the single-group steps send one "c" group.  The batch tests end each
- * batch with a "k" group on a fresh probe key charged one unit of 1 s,
+ * batch with a "c" group on a fresh probe key charged one unit of 1 s,
  * whose state is then exactly the batch's "now" + 1 s, and run the C
  * model group by group at that "now".
  */
@@ -457,16 +457,16 @@ batch_num(test_batch_t *b, uint64_t v)
 }
 
 
-/* "c": NAME RATE PERIOD BURST COST per limit, after the override key */
+/* "c" or "d": NAME RATE PERIOD BURST COST per limit, after the override */
 
 static void
-batch_c(test_batch_t *b, const char *okey, size_t n, const char **keys,
-    const char **names, const dify_gcra_limit_t *limits,
+batch_charge(test_batch_t *b, int op, const char *okey, size_t n,
+    const char **keys, const char **names, const dify_gcra_limit_t *limits,
     const uint64_t *costs)
 {
     size_t  i;
 
-    batch_group(b, DIFY_GCRA_OP_CHARGE, n);
+    batch_group(b, op, n);
     batch_key(b, okey);
 
     for (i = 0; i < n; i++) {
@@ -480,22 +480,22 @@ batch_c(test_batch_t *b, const char *okey, size_t n, const char **keys,
 }
 
 
-/* "k": INTERVAL BURST COST per limit, the interval the limit's */
+static void
+batch_c(test_batch_t *b, const char *okey, size_t n, const char **keys,
+    const char **names, const dify_gcra_limit_t *limits,
+    const uint64_t *costs)
+{
+    batch_charge(b, DIFY_GCRA_OP_CHARGE, okey, n, keys, names, limits, costs);
+}
+
 
 static void
-batch_k(test_batch_t *b, size_t n, const char **keys,
-    const dify_gcra_limit_t *limits, const uint64_t *costs)
+batch_d(test_batch_t *b, const char *okey, size_t n, const char **keys,
+    const char **names, const dify_gcra_limit_t *limits,
+    const uint64_t *costs)
 {
-    size_t  i;
-
-    batch_group(b, DIFY_GCRA_OP_KNOWN, n);
-
-    for (i = 0; i < n; i++) {
-        batch_key(b, keys[i]);
-        batch_num(b, dify_gcra_interval(&limits[i]));
-        batch_num(b, limits[i].burst);
-        batch_num(b, costs[i]);
-    }
+    batch_charge(b, DIFY_GCRA_OP_DEFAULT, okey, n, keys, names, limits,
+                 costs);
 }
 
 
@@ -628,7 +628,7 @@ eval_raw(const char *key, const char *okey, const char *rate,
 
 /*
  * A batch in one MULTI/EXEC: DEL probe, TIME, EVALSHA, GET and
- * PEXPIRETIME of each key watched, TIME.  The batch ends with a "k"
+ * PEXPIRETIME of each key watched, TIME.  The batch ends with a "c"
  * group on the probe, a fresh key charged one unit of 1 s: its state is
  * then exactly now + 1 s, which gives the batch's own "now".
  */
@@ -660,7 +660,8 @@ batch_run(test_batch_t *b, const char **keys, size_t n, test_run_t *run)
 
     second = lim(1, 1, 1000000);
     one = 1;
-    batch_k(b, 1, (const char *[]) { TEST_PROBE }, &second, &one);
+    batch_c(b, TEST_PROBE ":lim", 1, (const char *[]) { TEST_PROBE },
+            (const char *[]) { "default" }, &second, &one);
 
     (void) redisAppendCommand(tr.c, "MULTI");
     (void) redisAppendCommand(tr.c, "DEL %s", TEST_PROBE);
@@ -1758,7 +1759,7 @@ snapshot(const char **keys, size_t n, char *buf, size_t size)
 }
 
 
-/* "c1r1k1": a charge, a refund and a known limit, all well formed */
+/* "c1r1d1": a charge, a refund and a charge of a key without override */
 
 static void
 batch_prefix(test_batch_t *b)
@@ -1774,7 +1775,8 @@ batch_prefix(test_batch_t *b)
     batch_c(b, "v:lim", 1, (const char *[]) { "v:a" },
             (const char *[]) { "default" }, &l, &one);
     batch_r(b, "v:lim", 1, (const char *[]) { "v:b" }, &one, &iv);
-    batch_k(b, 1, (const char *[]) { "v:c" }, &l, &one);
+    batch_d(b, "v:none", 1, (const char *[]) { "v:c" },
+            (const char *[]) { "default" }, &l, &one);
 }
 
 
@@ -1820,12 +1822,13 @@ test_batch_arguments(void **state)
     const char          *keys[] = { "v:a", "v:b", "v:c", "v:d", "v:lim",
                                     "v:str" };
     const char          *descs[] = {
-        "", "c", "c1r1k1c", "c1r1k", "c1r1k1c1r",           /* odd */
-        "c1r1x1", "c1r1K1", "C1r1k1", "c1r1 1", "c1R1k1",   /* unknown op */
-        "c1r1k0", "c1r1k9", "c0r1k1", "c9r1k1",             /* n 0 or 9 */
-        "c1r1kk", "c1r1k:", "c1r1k/", "c1r1k-",             /* not a digit */
-        "c2r1k1", "c1r2k1", "c1r1k2", "c1k1", "c1r1k1c1",   /* counts */
-        "k1r1c1"                /* the same counts, the values misplaced */
+        "", "c", "c1r1d1c", "c1r1d", "c1r1d1c1r",           /* odd */
+        "c1r1x1", "c1r1D1", "C1r1d1", "c1r1 1", "c1R1d1",   /* unknown op */
+        "c1r1k1",               /* "k", known limits, is gone: unknown */
+        "c1r1d0", "c1r1d9", "c0r1d1", "c9r1d1",             /* n 0 or 9 */
+        "c1r1dd", "c1r1d:", "c1r1d/", "c1r1d-",             /* not a digit */
+        "c2r1d1", "c1r2d1", "c1r1d2", "c1d1", "c1r1d1c1",   /* counts */
+        "c1d1r1"                /* the same counts, the values misplaced */
     };
     const char          *values[] = { "x", "", "-5", "1.5", " 10", "10 ",
                                       "1e3", "0x1", "+1", "-0" };
@@ -1846,7 +1849,8 @@ test_batch_arguments(void **state)
     batch_init(&b);
     batch_c(&b, "v:lim", 1, (const char *[]) { "v:a" },
             (const char *[]) { "default" }, &l, &two);
-    batch_k(&b, 1, (const char *[]) { "v:b" }, &l, &three);
+    batch_d(&b, "v:none", 1, (const char *[]) { "v:b" },
+            (const char *[]) { "default" }, &l, &three);
     reply = batch_eval(&b);
     assert_int_equal(reply->type, REDIS_REPLY_ARRAY);
     freeReplyObject(reply);
@@ -1862,14 +1866,15 @@ test_batch_arguments(void **state)
     reply = batch_eval(&b);
     assert_int_equal(reply->type, REDIS_REPLY_ARRAY);
     assert_int_equal(reply->elements, b.width);
-    assert_int_equal(reply->elements, 7 + 1 + 4);
+    assert_int_equal(reply->elements, 7 + 1 + 7);
     freeReplyObject(reply);
 
     cmd_ok("DEL v:a v:b v:c");
     batch_init(&b);
     batch_c(&b, "v:lim", 1, (const char *[]) { "v:a" },
             (const char *[]) { "default" }, &l, &two);
-    batch_k(&b, 1, (const char *[]) { "v:b" }, &l, &three);
+    batch_d(&b, "v:none", 1, (const char *[]) { "v:b" },
+            (const char *[]) { "default" }, &l, &three);
     reply = batch_eval(&b);
     freeReplyObject(reply);
 
@@ -1927,33 +1932,20 @@ test_batch_arguments(void **state)
 
     for (i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
 
-        for (f = 0; f < 4; f++) {
+        for (f = 0; f < 8; f++) {
             batch_prefix(&b);
-            batch_group(&b, DIFY_GCRA_OP_CHARGE, 1);
+            batch_group(&b, f < 4 ? DIFY_GCRA_OP_CHARGE
+                                  : DIFY_GCRA_OP_DEFAULT, 1);
             batch_key(&b, "v:lim");
             batch_key(&b, "v:d");
             batch_arg(&b, "default");
 
             for (j = 0; j < 4; j++) {
-                batch_arg(&b, j == f ? values[i] : "10");
+                batch_arg(&b, j == f % 4 ? values[i] : "10");
             }
 
-            expect_refused(&b, "c: not a number", "bad arguments", before,
-                           keys, 6);
-            cases++;
-        }
-
-        for (f = 0; f < 3; f++) {
-            batch_prefix(&b);
-            batch_group(&b, DIFY_GCRA_OP_KNOWN, 1);
-            batch_key(&b, "v:d");
-
-            for (j = 0; j < 3; j++) {
-                batch_arg(&b, j == f ? values[i] : "10");
-            }
-
-            expect_refused(&b, "k: not a number", "bad arguments", before,
-                           keys, 6);
+            expect_refused(&b, "c, d: not a number", "bad arguments",
+                           before, keys, 6);
             cases++;
         }
     }
@@ -1970,7 +1962,12 @@ test_batch_arguments(void **state)
                 (const char *[]) { "default", names[i] }, ls, costs);
         expect_refused(&b, "c: a bad name", "bad arguments", before,
                        keys, 6);
-        cases++;
+        batch_prefix(&b);
+        batch_d(&b, "v:none", 2, (const char *[]) { "v:d", "v:c" },
+                (const char *[]) { "default", names[i] }, ls, costs);
+        expect_refused(&b, "d: a bad name", "bad arguments", before,
+                       keys, 6);
+        cases += 2;
     }
 
     /* an override of another type: its error, nothing written either */
@@ -1980,7 +1977,15 @@ test_batch_arguments(void **state)
             (const char *[]) { "default" }, &l, &two);
     expect_refused(&b, "c: override not a hash", "WRONGTYPE", before,
                    keys, 6);
-    cases++;
+
+    /* the same for a "d": the EXISTS finds it, the HMGET fails */
+
+    batch_prefix(&b);
+    batch_d(&b, "v:str", 1, (const char *[]) { "v:d" },
+            (const char *[]) { "default" }, &l, &two);
+    expect_refused(&b, "d: override not a hash", "WRONGTYPE", before,
+                   keys, 6);
+    cases += 2;
 
     print_message("# %zu malformed batches refused, none wrote\n", cases);
 
@@ -2012,8 +2017,9 @@ test_batch_arguments(void **state)
 
 /*
  * The batch against the C model: random batches of 1 to 40 groups of
- * "c", "k" and "r" over 6 states and 2 overrides (so that a state
- * comes back within a batch), 1 to 4 limits a group, costs from 0 to
+ * "c", "d" and "r" over 6 states (so that a state comes back within a
+ * batch) and 4 overrides (2 never set, so that the "d" groups of some
+ * batches have none at all), 1 to 4 limits a group, costs from 0 to
  * burst + 1, random overrides and old-style bare states; the model
  * applies dify_gcra_decide_all() and dify_gcra_refund() group by group
  * in order at the batch's own "now"; every field of the reply and
@@ -2021,7 +2027,7 @@ test_batch_arguments(void **state)
  */
 
 #define TEST_DKEYS   6
-#define TEST_DOKEYS  2
+#define TEST_DOKEYS  4                      /* d:o2, d:o3: never set */
 #define TEST_DNAMES  4
 
 typedef struct {
@@ -2036,6 +2042,7 @@ typedef struct {
 
 typedef struct {
     const char         *key;
+    int                 present;            /* the hash exists */
     int                 blocked;
     const char         *rate[TEST_DNAMES];
     const char         *burst[TEST_DNAMES];
@@ -2067,19 +2074,26 @@ dover_limit(const test_dover_t *o, size_t m, dify_gcra_limit_t l)
 }
 
 
+/* present 0: no hash at all (as most keys, whose groups are "d") */
+
 static void
-dover_set(test_dover_t *o, int blocked, size_t m, const char *rate,
-    const char *burst)
+dover_set(test_dover_t *o, int present, int blocked, size_t m,
+    const char *rate, const char *burst)
 {
     size_t  i;
 
     cmd_ok("DEL %s", o->key);
 
-    o->blocked = blocked;
+    o->present = present;
+    o->blocked = present && blocked;
 
     for (i = 0; i < TEST_DNAMES; i++) {
         o->rate[i] = NULL;
         o->burst[i] = NULL;
+    }
+
+    if (!present) {
+        return;
     }
 
     o->rate[m] = rate;
@@ -2227,9 +2241,9 @@ expect_states(test_dstate_t *ds, const test_run_t *run,
 static void
 test_batch_random(void **state)
 {
-    int                  op, pick[TEST_DKEYS], counts[8];
+    int                  op, k, dup, pick[TEST_DKEYS], counts[4];
     size_t               i, j, m, g, n, batches, groups[3], limits,
-                         repeats, refunds, off, ng;
+                         repeats, refunds, off, ng, dbatches[2];
     int64_t              last;
     uint64_t             costs[DIFY_GCRA_MAX_LIMITS];
     uint64_t             ivs[DIFY_GCRA_MAX_LIMITS];
@@ -2241,9 +2255,9 @@ test_batch_random(void **state)
     const char          *keys[DIFY_GCRA_MAX_LIMITS];
     const char          *names[DIFY_GCRA_MAX_LIMITS];
     long long            count;
+    int                  has_d, d_over;
     dify_gcra_state_t    st[DIFY_GCRA_MAX_LIMITS];
     dify_gcra_limit_t    ls[DIFY_GCRA_MAX_LIMITS];
-    dify_gcra_limit_t    known[DIFY_GCRA_MAX_LIMITS];
     dify_gcra_result_t   got[DIFY_GCRA_MAX_LIMITS];
     dify_gcra_result_t   exp[DIFY_GCRA_MAX_LIMITS];
     int                  gk[TEST_MAX_GROUPS][DIFY_GCRA_MAX_LIMITS];
@@ -2255,6 +2269,8 @@ test_batch_random(void **state)
     const char          *rates[] = { "1000r/s", "500 r/s", "200/s",
                                      "6000/m", "bad", "3r/s", "7/h" };
     const char          *bursts[] = { "1", "2", "4", "9", "x" };
+    const char          *okeys[TEST_DOKEYS] = { "d:o0", "d:o1", "d:o2",
+                                                "d:o3" };
     const char          *skeys[TEST_DKEYS] = { "d:0", "d:1", "d:2", "d:3",
                                                "d:4", "d:5" };
     dify_gcra_limit_t    pool[] = {
@@ -2271,6 +2287,7 @@ test_batch_random(void **state)
     srand(20261201);
     memset(counts, 0, sizeof(counts));
     memset(groups, 0, sizeof(groups));
+    memset(dbatches, 0, sizeof(dbatches));
     limits = 0;
     repeats = 0;
     refunds = 0;
@@ -2285,10 +2302,10 @@ test_batch_random(void **state)
         watch[j] = skeys[j];
     }
 
-    dov[0].key = "d:o0";
-    dov[1].key = "d:o1";
-    dover_set(&dov[0], 0, 0, NULL, NULL);
-    dover_set(&dov[1], 0, 0, NULL, NULL);
+    for (j = 0; j < TEST_DOKEYS; j++) {
+        dov[j].key = okeys[j];
+        dover_set(&dov[j], 0, 0, 0, NULL, NULL);
+    }
 
     last = 0;
     batches = 300;
@@ -2300,18 +2317,20 @@ test_batch_random(void **state)
         switch (rand() % 10) {
 
         case 0:
-            o = &dov[rand() % TEST_DOKEYS];
+        case 1:
+            o = &dov[rand() % 2];
             m = (size_t) rand() % TEST_DNAMES;
-            dover_set(o, rand() % 6 == 0, m,
+            dover_set(o, 1, rand() % 6 == 0, m,
                       rand() % 3 ? rates[rand() % 7] : NULL,
                       rand() % 2 ? bursts[rand() % 5] : NULL);
             break;
 
-        case 1:
-            dover_set(&dov[rand() % TEST_DOKEYS], 0, 0, NULL, NULL);
+        case 2:
+        case 3:
+            dover_set(&dov[rand() % 2], 0, 0, 0, NULL, NULL);
             break;
 
-        case 2:
+        case 4:
             if (last != 0) {
                 j = (size_t) rand() % TEST_DKEYS;
                 ds[j].tat = last + rand() % 50000;
@@ -2323,8 +2342,8 @@ test_batch_random(void **state)
             }
             break;
 
-        case 3:
-        case 4:
+        case 5:
+        case 6:
             msleep(rand() % 3);
             break;
 
@@ -2336,6 +2355,8 @@ test_batch_random(void **state)
 
         batch_init(&b);
         ng = 1 + (size_t) rand() % 40;
+        has_d = 0;
+        d_over = 0;
 
         for (j = 0; j < TEST_DKEYS; j++) {
             ds[j].dirty = 0;
@@ -2344,15 +2365,25 @@ test_batch_random(void **state)
 
         for (g = 0; g < ng; g++) {
             op = rand() % 20;
-            op = op < 9 ? DIFY_GCRA_OP_CHARGE
-                 : op < 16 ? DIFY_GCRA_OP_KNOWN : DIFY_GCRA_OP_REFUND;
+            op = op < 7 ? DIFY_GCRA_OP_CHARGE
+                 : op < 15 ? DIFY_GCRA_OP_DEFAULT : DIFY_GCRA_OP_REFUND;
             n = 1 + (size_t) rand() % 4;
-            go[g] = rand() % TEST_DOKEYS;
+            go[g] = rand() % 5 < 2 ? rand() % 2 : 2 + rand() % 2;
+
+            /* mostly none: a batch's "d" groups often have none at all */
+
+            if (op == DIFY_GCRA_OP_DEFAULT && rand() % 3) {
+                go[g] = 2 + rand() % 2;
+            }
+
+            if (op == DIFY_GCRA_OP_DEFAULT) {
+                has_d = 1;
+                d_over |= dov[go[g]].present;
+            }
 
             /* n distinct states */
 
             for (j = 0; j < n; j++) {
-                int  k, dup;
 
                 do {
                     k = rand() % TEST_DKEYS;
@@ -2369,17 +2400,10 @@ test_batch_random(void **state)
                 pick[k] = 1;
                 keys[j] = skeys[k];
 
-                gl[g][j] = rand() % 5 ? ds[k].home
-                                      : pool[rand() % 8];
+                gl[g][j] = rand() % 5 ? ds[k].home : pool[rand() % 8];
                 gm[g][j] = (size_t) rand() % TEST_DNAMES;
                 names[j] = dnames[gm[g][j]];
-
-                if (op == DIFY_GCRA_OP_CHARGE) {
-                    ls[j] = dover_limit(&dov[go[g]], gm[g][j], gl[g][j]);
-
-                } else {
-                    ls[j] = gl[g][j];
-                }
+                ls[j] = dover_limit(&dov[go[g]], gm[g][j], gl[g][j]);
 
                 gc[g][j] = (uint64_t) rand() % (ls[j].burst + 2);
 
@@ -2392,15 +2416,17 @@ test_batch_random(void **state)
                 ivs[j] = gi[g][j];
             }
 
-            if (op == DIFY_GCRA_OP_CHARGE) {
-                batch_c(&b, dov[go[g]].key, n, keys, names, gl[g], costs);
-
-            } else if (op == DIFY_GCRA_OP_KNOWN) {
-                batch_k(&b, n, keys, gl[g], costs);
+            if (op == DIFY_GCRA_OP_REFUND) {
+                batch_r(&b, dov[go[g]].key, n, keys, costs, ivs);
 
             } else {
-                batch_r(&b, dov[go[g]].key, n, keys, costs, ivs);
+                batch_charge(&b, op, dov[go[g]].key, n, keys, names, gl[g],
+                             costs);
             }
+        }
+
+        if (has_d) {
+            dbatches[d_over]++;
         }
 
         batch_run(&b, watch, TEST_DKEYS, &run);
@@ -2413,26 +2439,19 @@ test_batch_random(void **state)
             op = b.ops[g];
             n = b.ns[g];
             groups[op == DIFY_GCRA_OP_CHARGE ? 0
-                   : op == DIFY_GCRA_OP_KNOWN ? 1 : 2]++;
+                   : op == DIFY_GCRA_OP_DEFAULT ? 1 : 2]++;
             limits += n;
 
             for (j = 0; j < n; j++) {
                 st[j].tat = ds[gk[g][j]].tat;
                 st[j].interval = ds[gk[g][j]].iv;
-                known[j] = gl[g][j];
-
-                if (op == DIFY_GCRA_OP_CHARGE) {
-                    ls[j] = dover_limit(&dov[go[g]], gm[g][j], gl[g][j]);
-
-                } else {
-                    ls[j] = gl[g][j];
-                }
+                ls[j] = dover_limit(&dov[go[g]], gm[g][j], gl[g][j]);
             }
 
             err = NULL;
 
-            if (dify_gcra_parse_group(run.reply->element + off, op, n,
-                                      known, got, &err)
+            if (dify_gcra_parse_group(run.reply->element + off, op, n, got,
+                                      &err)
                 != DIFY_REPLY_OK)
             {
                 fail_msg("batch %s, group %zu: reply rejected: %s",
@@ -2463,9 +2482,7 @@ test_batch_random(void **state)
 
             } else {
                 if (dify_gcra_decide_all(st, run.now, ls, gc[g], n,
-                                         op == DIFY_GCRA_OP_CHARGE
-                                         && dov[go[g]].blocked,
-                                         exp))
+                                         dov[go[g]].blocked, exp))
                 {
                     for (j = 0; j < n; j++) {
                         dstate_store(&ds[gk[g][j]], &st[j], run.now);
@@ -2487,25 +2504,30 @@ test_batch_random(void **state)
         freeReplyObject(run.exec);
     }
 
-    print_message("# %zu batches, %zu groups (%zu c, %zu k, %zu r), "
+    print_message("# %zu batches, %zu groups (%zu c, %zu d, %zu r), "
                   "%zu limits (%zu on a state met earlier in their batch); "
                   "%d allowed, %d limited, %d never, %d blocked, "
-                  "%zu given back\n", batches,
+                  "%zu given back; of the batches with \"d\" groups, "
+                  "%zu found no override of them, %zu one\n", batches,
                   groups[0] + groups[1] + groups[2], groups[0], groups[1],
                   groups[2], limits, repeats, counts[3], counts[2],
-                  counts[0], counts[1], refunds);
+                  counts[0], counts[1], refunds, dbatches[0], dbatches[1]);
 
     assert_true(counts[3] > 500);
     assert_true(counts[2] > 500);
     assert_true(counts[0] > 50);
     assert_true(counts[1] > 50);
     assert_true(refunds > 100);
+    assert_true(dbatches[0] > 20);
+    assert_true(dbatches[1] > 20);
 }
 
 /*
- * "k" with the limit in force sent by the node decides exactly as "c"
- * with that limit as the default and no override: the same reply
- * fields, the same states (value and PXAT), on twin keys in one batch.
+ * "d" decides exactly as "c": the same reply fields, the same states
+ * (value and PXAT), on twin keys under twin overrides in one batch;
+ * whether the batch's "d" groups have no override at all (the EXISTS
+ * finds none, no HMGET), or one of them has one (every "d" group reads
+ * its own, present or not).
  */
 
 static void
@@ -2529,21 +2551,35 @@ expect_twins(const test_run_t *run, size_t n)
 }
 
 
+/* the same override on both twins, or none */
+
 static void
-test_batch_known(void **state)
+twin_override(int present, const char *field, const char *value)
 {
-    int                  kinds[4];
-    size_t               i, j, n, p;
-    uint64_t             costs[3];
+    cmd_ok("DEL kc:lim kd:lim");
+
+    if (present) {
+        cmd_ok("HSET kc:lim %s %s", field, value);
+        cmd_ok("HSET kd:lim %s %s", field, value);
+    }
+}
+
+
+static void
+test_batch_default(void **state)
+{
+    int                  kinds[4], other;
+    size_t               i, j, n, p, f, runs[2];
+    uint64_t             costs[3], one;
     test_run_t           run;
     test_batch_t         b;
     dify_gcra_limit_t    ls[3], nl;
-    dify_gcra_result_t   rc[3], rk[3];
+    dify_gcra_result_t   rc[3], rd[3];
     const char          *err;
     const char          *ckeys[] = { "kc:0", "kc:1", "kc:2" };
-    const char          *kkeys[] = { "kk:0", "kk:1", "kk:2" };
+    const char          *dkeys[] = { "kd:0", "kd:1", "kd:2" };
     const char          *watch[] = { "kc:0", "kc:1", "kc:2",
-                                     "kk:0", "kk:1", "kk:2" };
+                                     "kd:0", "kd:1", "kd:2" };
     const char          *dnm[] = { "default", "a", "b" };
     dify_gcra_limit_t    pool[] = {
         { 10, 1, 5 }, { 1000, 1, 3 }, { 1, 60, 3 }, { 3, 1, 2 },
@@ -2551,13 +2587,10 @@ test_batch_known(void **state)
         { 99999999, 99999999, 99999999 }, { 1, 86400, 1000000 },
         { 1, 3600, 1000000 }, { 1000000, 1, 1000000 }
     };
-    /* the script's clamps of a "k": INTERVAL and BURST as sent */
-    const char          *raw[][3] = {
-        { "0", "5", "1000000 1 5" },
-        { "99999999999999", "5", "1 86400 5" },
-        { "100000", "0", "10 1 0" },
-        { "100000", "99999999", "10 1 99999999" },
-        { "86400000000", "99999999", "1 86400 99999999" }
+    const char          *fields[][2] = {
+        { "rate", "100/s" }, { "burst", "2" }, { "a.rate", "3/m" },
+        { "b.burst", "1" }, { "blocked", "1" }, { "blocked", "0" },
+        { "rate", "bad" }, { "a.burst", "7" }
     };
 
     (void) state;
@@ -2568,6 +2601,12 @@ test_batch_known(void **state)
 
     srand(20261202);
     memset(kinds, 0, sizeof(kinds));
+    memset(runs, 0, sizeof(runs));
+    one = 1;
+
+    /* kx:lim, another key's override, there for the EXISTS to find */
+
+    cmd_ok("HSET kx:lim burst 3");
 
     for (i = 0; i < 400; i++) {
         n = 1 + (size_t) rand() % 3;
@@ -2580,35 +2619,60 @@ test_batch_known(void **state)
                                   : nl.burst + (uint64_t) (rand() % 2);
         }
 
-        if (rand() % 8 == 0) {
+        switch (rand() % 10) {
+
+        case 0:
+            f = (size_t) rand() % (sizeof(fields) / sizeof(fields[0]));
+            twin_override(1, fields[f][0], fields[f][1]);
+            break;
+
+        case 1:
+        case 2:
+            twin_override(0, NULL, NULL);
+            break;
+
+        case 3:
             msleep(rand() % 3);
+            break;
+
+        default:
+            break;
         }
+
+        other = rand() % 2;
 
         batch_init(&b);
         batch_c(&b, "kc:lim", n, ckeys, dnm, ls, costs);
-        batch_k(&b, n, kkeys, ls, costs);
+        batch_d(&b, "kd:lim", n, dkeys, dnm, ls, costs);
 
-        /* the twins are watched in the same order: kc:j, then kk:j */
+        if (other) {
+            batch_d(&b, "kx:lim", 1, (const char *[]) { "kx:0" }, dnm, ls,
+                    &one);
+        }
+
+        /* the twins are watched in the same order: kc:j, then kd:j */
 
         for (j = 0; j < n; j++) {
             watch[j] = ckeys[j];
-            watch[n + j] = kkeys[j];
+            watch[n + j] = dkeys[j];
         }
 
         batch_run(&b, watch, 2 * n, &run);
 
+        runs[other]++;
+
         err = NULL;
         assert_int_equal(dify_gcra_parse_group(run.reply->element,
                                                DIFY_GCRA_OP_CHARGE, n,
-                                               NULL, rc, &err),
+                                               rc, &err),
                          DIFY_REPLY_OK);
         assert_int_equal(dify_gcra_parse_group(run.reply->element + 7 * n,
-                                               DIFY_GCRA_OP_KNOWN, n,
-                                               ls, rk, &err),
+                                               DIFY_GCRA_OP_DEFAULT, n,
+                                               rd, &err),
                          DIFY_REPLY_OK);
 
         for (j = 0; j < n; j++) {
-            expect_same(&rk[j], &rc[j], &b, 1, j, run.now);
+            expect_same(&rd[j], &rc[j], &b, 1, j, run.now);
             kinds[rc[j].verdict + 2]++;
         }
 
@@ -2616,61 +2680,24 @@ test_batch_known(void **state)
         freeReplyObject(run.exec);
     }
 
-    print_message("# 400 twin batches: %d allowed, %d limited, %d never\n",
-                  kinds[3], kinds[2], kinds[0]);
+    print_message("# 400 twin batches (%zu with another key's override): "
+                  "%d allowed, %d limited, %d never, %d blocked\n",
+                  runs[1], kinds[3], kinds[2], kinds[0], kinds[1]);
 
     assert_true(kinds[3] > 100);
     assert_true(kinds[2] > 100);
     assert_true(kinds[0] > 20);
-    assert_int_equal(kinds[1], 0);
-
-    /* out of range: "k" clamps as "c" does */
-
-    for (i = 0; i < sizeof(raw) / sizeof(raw[0]); i++) {
-        cmd_ok("DEL kc:0 kk:0");
-
-        for (j = 0; j < 3; j++) {
-            batch_init(&b);
-            batch_group(&b, DIFY_GCRA_OP_CHARGE, 1);
-            batch_key(&b, "kc:lim");
-            batch_key(&b, "kc:0");
-            batch_arg(&b, "default");
-            sscanf(raw[i][2], "%" SCNu64 " %" SCNu64 " %" SCNu64,
-                   &ls[0].rate, &ls[0].period, &ls[0].burst);
-            batch_num(&b, ls[0].rate);
-            batch_num(&b, ls[0].period);
-            batch_num(&b, ls[0].burst);
-            batch_num(&b, j == 2 ? 3 : 1);
-            batch_group(&b, DIFY_GCRA_OP_KNOWN, 1);
-            batch_key(&b, "kk:0");
-            batch_arg(&b, raw[i][0]);
-            batch_arg(&b, raw[i][1]);
-            batch_num(&b, j == 2 ? 3 : 1);
-
-            watch[0] = "kc:0";
-            watch[1] = "kk:0";
-            batch_run(&b, watch, 2, &run);
-
-            assert_int_equal(dify_gcra_parse_group(run.reply->element,
-                                                   DIFY_GCRA_OP_CHARGE, 1,
-                                                   NULL, rc, &err),
-                             DIFY_REPLY_OK);
-            assert_int_equal(dify_gcra_parse_group(run.reply->element + 7,
-                                                   DIFY_GCRA_OP_KNOWN, 1,
-                                                   ls, rk, &err),
-                             DIFY_REPLY_OK);
-            expect_same(&rk[0], &rc[0], &b, 1, 0, run.now);
-            expect_twins(&run, 1);
-            freeReplyObject(run.exec);
-        }
-    }
+    assert_true(kinds[1] > 10);
+    assert_true(runs[0] > 100 && runs[1] > 100);
 }
 
 
 /*
- * A blocked override only blocks the "c" groups that read it: "k" and
- * "r" groups on the same state, and "c" groups under another override,
- * decide in the same batch as if it were not there.
+ * A blocked override blocks the "c" and "d" groups that read it, "d"
+ * too when it is the only override of the batch's "d" groups (the
+ * EXISTS finds it); "r" groups on the same state, and groups under
+ * another override or none, decide in the same batch as if it were not
+ * there.
  */
 
 static void
@@ -2682,6 +2709,7 @@ test_batch_blocked(void **state)
     dify_gcra_limit_t    l, ls[2];
     dify_gcra_result_t   res[2];
     const char          *err;
+    const char          *dnm[] = { "default", "day" };
     const char          *watch[] = { "bk:a", "bk:b", "bk:c", "bk:d",
                                      "bk:e" };
 
@@ -2703,70 +2731,80 @@ test_batch_blocked(void **state)
     iv = 100000;
 
     batch_init(&b);
-    batch_k(&b, 1, (const char *[]) { "bk:a" }, &l, &two);
-    batch_c(&b, "bk:lim", 1, (const char *[]) { "bk:a" },
-            (const char *[]) { "default" }, &l, &one);
-    batch_c(&b, "bk:lim", 2, (const char *[]) { "bk:d", "bk:e" },
-            (const char *[]) { "default", "day" }, ls, cs);
+    batch_d(&b, "bk:none", 1, (const char *[]) { "bk:a" }, dnm, &l, &two);
+    batch_c(&b, "bk:lim", 1, (const char *[]) { "bk:a" }, dnm, &l, &one);
+    batch_c(&b, "bk:lim", 2, (const char *[]) { "bk:d", "bk:e" }, dnm, ls,
+            cs);
     batch_r(&b, "bk:lim", 1, (const char *[]) { "bk:a" }, &one, &iv);
-    batch_c(&b, "bk:lim2", 1, (const char *[]) { "bk:a" },
-            (const char *[]) { "default" }, &l, &one);
-    batch_k(&b, 2, (const char *[]) { "bk:b", "bk:c" }, ls, cs);
+    batch_d(&b, "bk:lim", 1, (const char *[]) { "bk:a" }, dnm, &l, &one);
+    batch_c(&b, "bk:none", 1, (const char *[]) { "bk:a" }, dnm, &l, &one);
+    batch_d(&b, "bk:none", 2, (const char *[]) { "bk:b", "bk:c" }, dnm,
+            ls, cs);
     batch_r(&b, "bk:lim", 1, (const char *[]) { "bk:b" }, &one, &iv);
 
-    assert_string_equal(b.desc, "k1c1c2r1c1k2r1");
+    assert_string_equal(b.desc, "d1c1c2r1d1c1d2r1");
 
     batch_run(&b, watch, 5, &run);
+    assert_int_equal(run.reply->elements, 7 + 7 + 14 + 1 + 7 + 7 + 14 + 1
+                                          + 7);
 
-    /* k1: charged 2 units of 100 ms */
+    /* d1 without override: charged 2 units of 100 ms */
 
     assert_int_equal(dify_gcra_parse_group(run.reply->element,
-                                           DIFY_GCRA_OP_KNOWN, 1, &l,
-                                           res, &err), DIFY_REPLY_OK);
+                                           DIFY_GCRA_OP_DEFAULT, 1, res,
+                                           &err), DIFY_REPLY_OK);
     assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[0].limit.rate, 10);
     assert_int_equal(res[0].remaining, 3);
     assert_int_equal(res[0].reset, 200000);
 
     /* c1 and c2 under bk:lim: blocked, the override's limit, no state */
 
-    assert_int_equal(dify_gcra_parse_group(run.reply->element + 4,
-                                           DIFY_GCRA_OP_CHARGE, 1, NULL,
-                                           res, &err), DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 7,
+                                           DIFY_GCRA_OP_CHARGE, 1, res,
+                                           &err), DIFY_REPLY_OK);
     assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
     assert_int_equal(res[0].limit.rate, 7);
     assert_int_equal(res[0].limit.period, 60);
     assert_int_equal(res[0].limit.burst, 9);
 
-    assert_int_equal(dify_gcra_parse_group(run.reply->element + 11,
-                                           DIFY_GCRA_OP_CHARGE, 2, NULL,
-                                           res, &err), DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 14,
+                                           DIFY_GCRA_OP_CHARGE, 2, res,
+                                           &err), DIFY_REPLY_OK);
     assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
     assert_int_equal(res[1].verdict, DIFY_GCRA_BLOCKED);
     assert_int_equal(res[1].limit.rate, 10);            /* "day": none */
 
     /* r1 under bk:lim: one unit back to bk:a, not blocked */
 
-    assert_int_equal(refunded(run.reply, 25), 1);
+    assert_int_equal(refunded(run.reply, 28), 1);
 
-    /* c1 under bk:lim2, on the same state: 1 unit owed, 1 more charged */
+    /* d1 under bk:lim: blocked as "c" */
 
-    assert_int_equal(dify_gcra_parse_group(run.reply->element + 26,
-                                           DIFY_GCRA_OP_CHARGE, 1, NULL,
-                                           res, &err), DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 29,
+                                           DIFY_GCRA_OP_DEFAULT, 1, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[0].limit.rate, 7);
+
+    /* c1 without override, on the same state: 1 unit owed, 1 charged */
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 36,
+                                           DIFY_GCRA_OP_CHARGE, 1, res,
+                                           &err), DIFY_REPLY_OK);
     assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
     assert_int_equal(res[0].remaining, 3);
     assert_int_equal(res[0].reset, 200000);
 
-    /* k2 on fresh states, then one of them given back to: empty */
+    /* d2 on fresh states, then one of them given back to: empty */
 
-    assert_int_equal(dify_gcra_parse_group(run.reply->element + 33,
-                                           DIFY_GCRA_OP_KNOWN, 2, ls,
-                                           res, &err), DIFY_REPLY_OK);
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 43,
+                                           DIFY_GCRA_OP_DEFAULT, 2, res,
+                                           &err), DIFY_REPLY_OK);
     assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
     assert_int_equal(res[1].verdict, DIFY_GCRA_ALLOWED);
     assert_int_equal(res[1].reset, 100000);
-    assert_int_equal(refunded(run.reply, 41), 1);
-    assert_int_equal(run.reply->elements, 42 + 4);
+    assert_int_equal(refunded(run.reply, 57), 1);
 
     /* the states: once each, at the end */
 
@@ -2783,11 +2821,37 @@ test_batch_blocked(void **state)
     assert_int_equal(run.get[4]->type, REDIS_REPLY_NIL);
 
     freeReplyObject(run.exec);
+
+    /* a "d" alone under a blocked override: the EXISTS finds it */
+
+    batch_init(&b);
+    batch_d(&b, "bk:lim", 1, (const char *[]) { "bk:d" }, dnm, &l, &one);
+    batch_run(&b, watch, 5, &run);
+    assert_int_equal(dify_gcra_parse_group(run.reply->element,
+                                           DIFY_GCRA_OP_DEFAULT, 1, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(run.get[3]->type, REDIS_REPLY_NIL);
+    freeReplyObject(run.exec);
+
+    /* and "d" groups under no override at all, in a batch of their own */
+
+    batch_init(&b);
+    batch_d(&b, "bk:none", 1, (const char *[]) { "bk:d" }, dnm, &l, &one);
+    batch_d(&b, "bk:none2", 1, (const char *[]) { "bk:d" }, dnm, &l, &one);
+    batch_run(&b, watch, 5, &run);
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 7,
+                                           DIFY_GCRA_OP_DEFAULT, 1, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[0].reset, 200000);
+    assert_int_equal(strtoll(run.get[3]->str, NULL, 10), run.now + 200000);
+    freeReplyObject(run.exec);
 }
 
 /*
  * The largest batch the node sends: 64 groups of 8 limits, "c8" and
- * "k8" in turn, all on the same 8 states; each group sees the units
+ * "d8" in turn, all on the same 8 states; each group sees the units
  * of every group before it, and each state is written once.
  */
 
@@ -2824,7 +2888,7 @@ test_batch_largest(void **state)
 
     for (g = 0; g < 64; g++) {
         if (g % 2) {
-            batch_k(b, 8, keys, ls, costs);
+            batch_d(b, "lg:lim", 8, keys, names, ls, costs);
 
         } else {
             batch_c(b, "lg:lim", 8, keys, names, ls, costs);
@@ -2832,14 +2896,14 @@ test_batch_largest(void **state)
     }
 
     batch_run(b, keys, 8, &run);
-    assert_int_equal(b->nkeys, 32 * 9 + 32 * 8 + 1);
+    assert_int_equal(b->nkeys, 64 * 9 + 2);
 
     off = 0;
 
     for (g = 0; g < 64; g++) {
         err = NULL;
         assert_int_equal(dify_gcra_parse_group(run.reply->element + off,
-                                               b->ops[g], 8, ls, res, &err),
+                                               b->ops[g], 8, res, &err),
                          DIFY_REPLY_OK);
 
         for (i = 0; i < 8; i++) {
@@ -2879,7 +2943,7 @@ main(void)
         cmocka_unit_test_setup(test_random_agreement, test_setup),
         cmocka_unit_test_setup(test_batch_arguments, test_setup),
         cmocka_unit_test_setup(test_batch_random, test_setup),
-        cmocka_unit_test_setup(test_batch_known, test_setup),
+        cmocka_unit_test_setup(test_batch_default, test_setup),
         cmocka_unit_test_setup(test_batch_blocked, test_setup),
         cmocka_unit_test_setup(test_batch_largest, test_setup),
     };
