@@ -2,7 +2,8 @@
  * Copyright (C) The ngx_dify_status_module authors
  *
  * Unit tests of dify_gcra.c: the arithmetic, the rate grammar, the
- * reply parser on every malformed shape, and the header fields.
+ * reply parser on every malformed shape (a batch's groups too), and the
+ * header fields.
  */
 
 
@@ -971,6 +972,279 @@ test_parse_reply_ranges(void **state)
 }
 
 
+/* a batch's reply: groups side by side in one flat vector */
+
+typedef struct {
+    size_t        n;
+    redisReply    el[64];
+    redisReply   *ptr[64];
+} test_flat_t;
+
+
+static void
+flat_init(test_flat_t *f)
+{
+    memset(f, 0, sizeof(test_flat_t));
+}
+
+
+/* appends integers, up to a terminating LLONG_MIN + 1 */
+
+#define TEST_END  (LLONG_MIN + 1)
+
+static redisReply **
+flat_add(test_flat_t *f, ...)
+{
+    size_t      start;
+    va_list     args;
+    long long   v;
+
+    start = f->n;
+
+    va_start(args, f);
+
+    for ( ;; ) {
+        v = va_arg(args, long long);
+
+        if (v == TEST_END) {
+            break;
+        }
+
+        assert_true(f->n < 64);
+        f->el[f->n].type = REDIS_REPLY_INTEGER;
+        f->el[f->n].integer = v;
+        f->ptr[f->n] = &f->el[f->n];
+        f->n++;
+    }
+
+    va_end(args);
+
+    return f->ptr + start;
+}
+
+
+static void
+expect_group_error(redisReply **element, int op, size_t n, const char *why)
+{
+    const char          *err;
+    dify_gcra_result_t   res[DIFY_GCRA_MAX_LIMITS + 1];
+
+    err = NULL;
+
+    if (dify_gcra_parse_group(element, op, n, res, &err)
+        != DIFY_REPLY_ERROR)
+    {
+        fail_msg("group accepted: %s", why);
+    }
+
+    assert_non_null(err);
+    assert_true(strlen(err) > 0);
+
+    /* err may be NULL */
+    assert_int_equal(dify_gcra_parse_group(element, op, n, res, NULL),
+                     DIFY_REPLY_ERROR);
+}
+
+
+static void
+test_parse_group(void **state)
+{
+    int                  t, op;
+    size_t               i, n;
+    char                 one[] = "1";
+    test_flat_t          f;
+    redisReply         **c1, **d2, **r1, **c2, **e;
+    const char          *err;
+    dify_gcra_result_t   res[DIFY_GCRA_MAX_LIMITS + 1], one_res;
+    test_reply_t         r;
+    const int            types[] = {
+        REDIS_REPLY_STRING, REDIS_REPLY_ARRAY, REDIS_REPLY_NIL,
+        REDIS_REPLY_STATUS, REDIS_REPLY_ERROR
+    };
+    const char           ops[] = { DIFY_GCRA_OP_CHARGE, DIFY_GCRA_OP_DEFAULT,
+                                   DIFY_GCRA_OP_REFUND };
+
+    (void) state;
+
+    /* the widths */
+
+    for (n = 1; n <= DIFY_GCRA_MAX_LIMITS; n++) {
+        assert_int_equal(dify_gcra_reply_width(DIFY_GCRA_OP_CHARGE, n),
+                         7 * n);
+        assert_int_equal(dify_gcra_reply_width(DIFY_GCRA_OP_DEFAULT, n),
+                         7 * n);
+        assert_int_equal(dify_gcra_reply_width(DIFY_GCRA_OP_REFUND, n), 1);
+    }
+
+    /*
+     * a batch "c1d2r1c2": 7 + 14 + 1 + 14 elements; the "d" limits are
+     * 10 r/s burst 5 and 2 r/d burst 1 (T 43200 s), both limited
+     */
+
+    flat_init(&f);
+    c1 = flat_add(&f, 1LL, 10LL, 1LL, 5LL, 4LL, 100000LL, 0LL, TEST_END);
+    d2 = flat_add(&f, 0LL, 10LL, 1LL, 5LL, 2LL, 300000LL, 100000LL,
+                  0LL, 2LL, 86400LL, 1LL, 0LL, 43200000000LL, 43200000000LL,
+                  TEST_END);
+    r1 = flat_add(&f, 2LL, TEST_END);
+    c2 = flat_add(&f, -1LL, 7LL, 60LL, 9LL, 0LL, 0LL, 0LL,
+                  -1LL, 10LL, 1LL, 5LL, 0LL, 0LL, 0LL, TEST_END);
+    assert_int_equal(f.n, 36);
+
+    err = NULL;
+    assert_int_equal(dify_gcra_parse_group(c1, DIFY_GCRA_OP_CHARGE, 1, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_null(err);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[0].limit.rate, 10);
+    assert_int_equal(res[0].limit.period, 1);
+    assert_int_equal(res[0].limit.burst, 5);
+    assert_int_equal(res[0].remaining, 4);
+    assert_int_equal(res[0].reset, 100000);
+    assert_int_equal(res[0].retry, 0);
+
+    /* a "c" group is what dify_gcra_parse_reply() reads */
+
+    reply_init(&r, 1, 10, 1, 5, 4, 100000, 0);
+    assert_int_equal(dify_gcra_parse_reply(&r.top, &one_res, NULL, NULL),
+                     DIFY_REPLY_OK);
+    assert_int_equal(one_res.verdict, res[0].verdict);
+    assert_int_equal(one_res.limit.rate, res[0].limit.rate);
+    assert_int_equal(one_res.limit.period, res[0].limit.period);
+    assert_int_equal(one_res.limit.burst, res[0].limit.burst);
+    assert_int_equal(one_res.remaining, res[0].remaining);
+    assert_int_equal(one_res.reset, res[0].reset);
+    assert_int_equal(one_res.retry, res[0].retry);
+
+    assert_int_equal(dify_gcra_parse_group(d2, DIFY_GCRA_OP_DEFAULT, 2, res,
+                                           NULL), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_LIMITED);
+    assert_int_equal(res[0].limit.rate, 10);
+    assert_int_equal(res[0].limit.burst, 5);
+    assert_int_equal(res[0].remaining, 2);
+    assert_int_equal(res[0].retry, 100000);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_LIMITED);
+    assert_int_equal(res[1].limit.period, 86400);
+    assert_int_equal(res[1].reset, 43200000000ULL);
+
+    assert_int_equal(dify_gcra_parse_group(r1, DIFY_GCRA_OP_REFUND, 2, res,
+                                           NULL), DIFY_REPLY_OK);
+
+    assert_int_equal(dify_gcra_parse_group(c2, DIFY_GCRA_OP_CHARGE, 2, res,
+                                           NULL), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[0].limit.rate, 7);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_BLOCKED);
+
+    /* "d" is blocked by an override as "c" is */
+
+    assert_int_equal(dify_gcra_parse_group(c2, DIFY_GCRA_OP_DEFAULT, 2, res,
+                                           NULL), DIFY_REPLY_OK);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_BLOCKED);
+
+    /* a group reads its own width, not one element more */
+
+    f.ptr[7] = NULL;
+    assert_int_equal(dify_gcra_parse_group(c1, DIFY_GCRA_OP_CHARGE, 1, res,
+                                           NULL), DIFY_REPLY_OK);
+    f.ptr[7] = &f.el[7];
+    f.ptr[21] = NULL;
+    assert_int_equal(dify_gcra_parse_group(d2, DIFY_GCRA_OP_DEFAULT, 2, res,
+                                           NULL), DIFY_REPLY_OK);
+    f.ptr[21] = &f.el[21];
+    f.ptr[22] = NULL;
+    assert_int_equal(dify_gcra_parse_group(r1, DIFY_GCRA_OP_REFUND, 2, res,
+                                           NULL), DIFY_REPLY_OK);
+
+    /* no limit, or too many, for every op */
+
+    flat_init(&f);
+
+    for (i = 0; i < 64; i++) {
+        (void) flat_add(&f, 0LL, TEST_END);
+    }
+
+    for (i = 0; i < sizeof(ops); i++) {
+        expect_group_error(f.ptr, ops[i], 0, "n = 0");
+        expect_group_error(f.ptr, ops[i], DIFY_GCRA_MAX_LIMITS + 1, "n = 9");
+    }
+
+    /* "r": a count from 0 to n, an integer */
+
+    flat_init(&f);
+    e = flat_add(&f, 0LL, TEST_END);
+    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_REFUND, 1, res,
+                                           NULL), DIFY_REPLY_OK);
+    f.el[0].integer = 3;
+    assert_int_equal(dify_gcra_parse_group(e, DIFY_GCRA_OP_REFUND, 3, res,
+                                           NULL), DIFY_REPLY_OK);
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, "r: 3 of 2");
+    f.el[0].integer = -1;
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, "r: -1");
+    f.el[0].integer = LLONG_MIN;
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, "r: LLONG_MIN");
+    f.el[0].integer = 1;
+
+    for (t = 0; t < (int) (sizeof(types) / sizeof(types[0])); t++) {
+        f.el[0].type = types[t];
+        f.el[0].str = one;
+        f.el[0].len = 1;
+        expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, "r: a type");
+    }
+
+    f.ptr[0] = NULL;
+    expect_group_error(e, DIFY_GCRA_OP_REFUND, 2, "r: NULL");
+
+    /*
+     * "c" and "d": blocked for some limits only; each element of each
+     * limit NULL, of another type, out of range, or inconsistent
+     */
+
+    for (i = 0; i < 2; i++) {
+        op = ops[i];
+
+        flat_init(&f);
+        e = flat_add(&f, -1LL, 7LL, 60LL, 9LL, 0LL, 0LL, 0LL,
+                     1LL, 10LL, 1LL, 5LL, 4LL, 100000LL, 0LL, TEST_END);
+        expect_group_error(e, op, 2, "blocked 1 of 2");
+        f.el[0].integer = 1;
+        f.el[4].integer = 8;
+        f.el[5].integer = 8571428;              /* one unit of 7 r/m */
+        assert_int_equal(dify_gcra_parse_group(e, op, 2, res, NULL),
+                         DIFY_REPLY_OK);
+
+        for (n = 0; n < 14; n++) {
+            f.ptr[n] = NULL;
+            expect_group_error(e, op, 2, "NULL");
+            f.ptr[n] = &f.el[n];
+
+            for (t = 0; t < (int) (sizeof(types) / sizeof(types[0])); t++) {
+                f.el[n].type = types[t];
+                f.el[n].str = one;
+                f.el[n].len = 1;
+                expect_group_error(e, op, 2, "a type");
+            }
+
+            f.el[n].type = REDIS_REPLY_INTEGER;
+        }
+
+        f.el[11].integer = 3;
+        expect_group_error(e, op, 2, "remaining off by 1");
+        f.el[11].integer = 4;
+        f.el[13].integer = 1;
+        expect_group_error(e, op, 2, "allowed with a retry");
+        f.el[13].integer = 0;
+        f.el[7].integer = 2;
+        expect_group_error(e, op, 2, "verdict 2");
+        f.el[7].integer = 1;
+        f.el[8].integer = 1000001;
+        expect_group_error(e, op, 2, "rate out of range");
+        f.el[8].integer = 10;
+        assert_int_equal(dify_gcra_parse_group(e, op, 2, res, NULL),
+                         DIFY_REPLY_OK);
+    }
+}
+
 /* Retry-After and the header fields */
 
 
@@ -1220,6 +1494,7 @@ main(void)
         cmocka_unit_test(test_parse_reply_errors),
         cmocka_unit_test(test_parse_reply_shapes),
         cmocka_unit_test(test_parse_reply_ranges),
+        cmocka_unit_test(test_parse_group),
         cmocka_unit_test(test_retry_seconds),
         cmocka_unit_test(test_policy_header),
         cmocka_unit_test(test_ratelimit_header),

@@ -18,10 +18,17 @@
  * and the previous TAT - reset otherwise; it must lie between the two
  * TIMEs.  dify_gcra_decide() run at that "now" on a local copy of the
  * state must give the same reply, and the same new state.
+ *
+ * One call decides a batch of groups ("c", "d", "r"; see dify_gcra.h);
+ * the single-group steps send one "c" group.  The batch tests end each
+ * batch with a "c" group on a fresh probe key charged one unit of 1 s,
+ * whose state is then exactly the batch's "now" + 1 s, and run the C
+ * model group by group at that "now".
  */
 
 
 #include <stdarg.h>
+#include <inttypes.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
@@ -68,6 +75,10 @@ typedef struct {
 
 
 static test_redis_t  tr;
+
+
+/* two limits of one key, as test_several() sends them */
+#define TEST_S2  "default 10 1 5 1 day 2 86400 1 1"
 
 
 static dify_gcra_limit_t
@@ -344,27 +355,365 @@ time_us(const redisReply *t)
 }
 
 
+/*
+ * A batch call in the making: the descriptor, KEYS and ARGV of one
+ * EVALSHA, built group by group (the strings live in the pool).
+ */
+
+/* the node's largest batch, NGX_HTTP_DIFY_BATCH_MAX, and the probe */
+#define TEST_MAX_GROUPS  65
+#define TEST_MAX_KEYS    (TEST_MAX_GROUPS * (DIFY_GCRA_MAX_LIMITS + 1))
+#define TEST_MAX_ARGS    (TEST_MAX_GROUPS * DIFY_GCRA_MAX_LIMITS * 5)
+
+typedef struct {
+    char                desc[2 * TEST_MAX_GROUPS + 1];
+    size_t              ngroups;
+    int                 ops[TEST_MAX_GROUPS];
+    size_t              ns[TEST_MAX_GROUPS];
+    size_t              nkeys;
+    size_t              nargs;
+    size_t              width;              /* of the expected reply */
+    const char         *keys[TEST_MAX_KEYS];
+    const char         *args[TEST_MAX_ARGS];
+    char                pool[65536];
+    size_t              used;
+} test_batch_t;
+
+
+static void
+batch_init(test_batch_t *b)
+{
+    b->desc[0] = '\0';
+    b->ngroups = 0;
+    b->nkeys = 0;
+    b->nargs = 0;
+    b->width = 0;
+    b->used = 0;
+}
+
+
+static const char *
+batch_str(test_batch_t *b, const char *fmt, ...)
+{
+    int       n;
+    char     *p;
+    va_list   args;
+
+    p = b->pool + b->used;
+
+    va_start(args, fmt);
+    n = vsnprintf(p, sizeof(b->pool) - b->used, fmt, args);
+    va_end(args);
+
+    assert_true(n >= 0 && (size_t) n < sizeof(b->pool) - b->used);
+    b->used += (size_t) n + 1;
+
+    return p;
+}
+
+
+/* a group's letter and digit; n is written as is (0 and 9 included) */
+
+static void
+batch_group(test_batch_t *b, int op, size_t n)
+{
+    size_t  len;
+
+    assert_true(b->ngroups < TEST_MAX_GROUPS);
+
+    len = strlen(b->desc);
+    b->desc[len] = (char) op;
+    b->desc[len + 1] = (char) ('0' + n);
+    b->desc[len + 2] = '\0';
+
+    b->ops[b->ngroups] = op;
+    b->ns[b->ngroups] = n;
+    b->ngroups++;
+    b->width += dify_gcra_reply_width(op, n);
+}
+
+
+static void
+batch_key(test_batch_t *b, const char *key)
+{
+    assert_true(b->nkeys < TEST_MAX_KEYS);
+    b->keys[b->nkeys++] = batch_str(b, "%s", key);
+}
+
+
+static void
+batch_arg(test_batch_t *b, const char *arg)
+{
+    assert_true(b->nargs < TEST_MAX_ARGS);
+    b->args[b->nargs++] = batch_str(b, "%s", arg);
+}
+
+
+static void
+batch_num(test_batch_t *b, uint64_t v)
+{
+    assert_true(b->nargs < TEST_MAX_ARGS);
+    b->args[b->nargs++] = batch_str(b, "%llu", (unsigned long long) v);
+}
+
+
+/* "c" or "d": NAME RATE PERIOD BURST COST per limit, after the override */
+
+static void
+batch_charge(test_batch_t *b, int op, const char *okey, size_t n,
+    const char **keys, const char **names, const dify_gcra_limit_t *limits,
+    const uint64_t *costs)
+{
+    size_t  i;
+
+    batch_group(b, op, n);
+    batch_key(b, okey);
+
+    for (i = 0; i < n; i++) {
+        batch_key(b, keys[i]);
+        batch_arg(b, names[i]);
+        batch_num(b, limits[i].rate);
+        batch_num(b, limits[i].period);
+        batch_num(b, limits[i].burst);
+        batch_num(b, costs[i]);
+    }
+}
+
+
+static void
+batch_c(test_batch_t *b, const char *okey, size_t n, const char **keys,
+    const char **names, const dify_gcra_limit_t *limits,
+    const uint64_t *costs)
+{
+    batch_charge(b, DIFY_GCRA_OP_CHARGE, okey, n, keys, names, limits, costs);
+}
+
+
+static void
+batch_d(test_batch_t *b, const char *okey, size_t n, const char **keys,
+    const char **names, const dify_gcra_limit_t *limits,
+    const uint64_t *costs)
+{
+    batch_charge(b, DIFY_GCRA_OP_DEFAULT, okey, n, keys, names, limits,
+                 costs);
+}
+
+
+/* "r": COST INTERVAL per state, after the override key */
+
+static void
+batch_r(test_batch_t *b, const char *okey, size_t n, const char **keys,
+    const uint64_t *costs, const uint64_t *intervals)
+{
+    size_t  i;
+
+    batch_group(b, DIFY_GCRA_OP_REFUND, n);
+    batch_key(b, okey);
+
+    for (i = 0; i < n; i++) {
+        batch_key(b, keys[i]);
+        batch_num(b, costs[i]);
+        batch_num(b, intervals[i]);
+    }
+}
+
+
+/* one "c" group of the limit "default", ARGV as strings */
+
+static void
+batch_c1(test_batch_t *b, const char *key, const char *okey,
+    const char *rate, const char *period, const char *burst,
+    const char *cost)
+{
+    batch_group(b, DIFY_GCRA_OP_CHARGE, 1);
+    batch_key(b, okey);
+    batch_key(b, key);
+    batch_arg(b, "default");
+    batch_arg(b, rate);
+    batch_arg(b, period);
+    batch_arg(b, burst);
+    batch_arg(b, cost);
+}
+
+
+/* EVALSHA sha numkeys KEYS... desc ARGV[2...]: argv has the room */
+
+static int
+batch_argv(test_batch_t *b, const char **argv)
+{
+    int     argc;
+    size_t  i;
+
+    argc = 0;
+    argv[argc++] = "EVALSHA";
+    argv[argc++] = tr.sha;
+    argv[argc++] = batch_str(b, "%zu", b->nkeys);
+
+    for (i = 0; i < b->nkeys; i++) {
+        argv[argc++] = b->keys[i];
+    }
+
+    argv[argc++] = b->desc;
+
+    for (i = 0; i < b->nargs; i++) {
+        argv[argc++] = b->args[i];
+    }
+
+    return argc;
+}
+
+
+/* the caller frees the reply */
+
+static redisReply *
+batch_eval(test_batch_t *b)
+{
+    int           argc;
+    redisReply   *reply;
+    static const char  *argv[TEST_MAX_KEYS + TEST_MAX_ARGS + 4];
+
+    argc = batch_argv(b, argv);
+    reply = redisCommandArgv(tr.c, argc, argv, NULL);
+
+    if (reply == NULL) {
+        fail_msg("redis: %s", tr.c->errstr);
+    }
+
+    return reply;
+}
+
+
+static void
+batch_append(test_batch_t *b)
+{
+    int                 argc;
+    static const char  *argv[TEST_MAX_KEYS + TEST_MAX_ARGS + 4];
+
+    argc = batch_argv(b, argv);
+    (void) redisAppendCommandArgv(tr.c, argc, argv, NULL);
+}
+
+
+/* the count of an "r" group at element i of a batch's reply */
+
+static long long
+refunded(const redisReply *reply, size_t i)
+{
+    if (reply->type == REDIS_REPLY_ERROR) {
+        fail_msg("script error: %s", reply->str);
+    }
+
+    assert_int_equal(reply->type, REDIS_REPLY_ARRAY);
+    assert_true(i < reply->elements);
+    assert_int_equal(reply->element[i]->type, REDIS_REPLY_INTEGER);
+
+    return reply->element[i]->integer;
+}
+
+
 /* EVALSHA with ARGV as strings; the caller frees the reply */
 
 static redisReply *
 eval_raw(const char *key, const char *okey, const char *rate,
     const char *period, const char *burst, const char *cost)
 {
-    char         packed[256];
-    const char  *argv[7];
+    test_batch_t  b;
 
-    snprintf(packed, sizeof(packed), "default %s %s %s %s",
-             rate, period, burst, cost);
+    batch_init(&b);
+    batch_c1(&b, key, okey, rate, period, burst, cost);
 
-    argv[0] = "EVALSHA";
-    argv[1] = tr.sha;
-    argv[2] = "2";
-    argv[3] = okey;
-    argv[4] = key;
-    argv[5] = "c";
-    argv[6] = packed;
+    return batch_eval(&b);
+}
 
-    return redisCommandArgv(tr.c, 7, argv, NULL);
+
+/*
+ * A batch in one MULTI/EXEC: DEL probe, TIME, EVALSHA, GET and
+ * PEXPIRETIME of each key watched, TIME.  The batch ends with a "c"
+ * group on the probe, a fresh key charged one unit of 1 s: its state is
+ * then exactly now + 1 s, which gives the batch's own "now".
+ */
+
+#define TEST_PROBE      "t:probe"
+#define TEST_MAX_WATCH  16
+
+typedef struct {
+    redisReply         *exec;
+    redisReply         *reply;              /* the script's */
+    int64_t             now;                /* the script's TIME */
+    int64_t             t0, t1;             /* the TIMEs around it */
+    redisReply         *get[TEST_MAX_WATCH];
+    long long           pxat[TEST_MAX_WATCH];
+} test_run_t;
+
+
+static void
+batch_run(test_batch_t *b, const char **keys, size_t n, test_run_t *run)
+{
+    size_t              i, cmds;
+    char               *dot;
+    int64_t             probe;
+    redisReply         *r;
+    dify_gcra_limit_t   second;
+    uint64_t            one;
+
+    assert_true(n <= TEST_MAX_WATCH);
+
+    second = lim(1, 1, 1000000);
+    one = 1;
+    batch_c(b, TEST_PROBE ":lim", 1, (const char *[]) { TEST_PROBE },
+            (const char *[]) { "default" }, &second, &one);
+
+    (void) redisAppendCommand(tr.c, "MULTI");
+    (void) redisAppendCommand(tr.c, "DEL %s", TEST_PROBE);
+    (void) redisAppendCommand(tr.c, "TIME");
+    batch_append(b);
+
+    for (i = 0; i < n; i++) {
+        (void) redisAppendCommand(tr.c, "GET %s", keys[i]);
+        (void) redisAppendCommand(tr.c, "PEXPIRETIME %s", keys[i]);
+    }
+
+    (void) redisAppendCommand(tr.c, "GET %s", TEST_PROBE);
+    (void) redisAppendCommand(tr.c, "TIME");
+    (void) redisAppendCommand(tr.c, "EXEC");
+
+    cmds = 5 + 2 * n;
+
+    for (i = 0; i < cmds + 1; i++) {
+        assert_int_equal(redisGetReply(tr.c, (void **) &r), REDIS_OK);
+        freeReplyObject(r);
+    }
+
+    assert_int_equal(redisGetReply(tr.c, (void **) &run->exec), REDIS_OK);
+    assert_int_equal(run->exec->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(run->exec->elements, cmds);
+
+    run->t0 = time_us(run->exec->element[1]);
+    run->reply = run->exec->element[2];
+
+    if (run->reply->type == REDIS_REPLY_ERROR) {
+        fail_msg("batch %s refused: %s", b->desc, run->reply->str);
+    }
+
+    assert_int_equal(run->reply->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(run->reply->elements, b->width);
+
+    for (i = 0; i < n; i++) {
+        run->get[i] = run->exec->element[3 + 2 * i];
+        assert_int_equal(run->exec->element[4 + 2 * i]->type,
+                         REDIS_REPLY_INTEGER);
+        run->pxat[i] = run->exec->element[4 + 2 * i]->integer;
+    }
+
+    r = run->exec->element[3 + 2 * n];
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    probe = strtoll(r->str, &dot, 10);
+    assert_string_equal(dot, ".00001000000");
+
+    run->now = probe - 1000000;
+    run->t1 = time_us(run->exec->element[4 + 2 * n]);
+
+    assert_true(run->now >= run->t0 && run->now <= run->t1);
 }
 
 
@@ -377,33 +726,24 @@ static dify_gcra_verdict_e
 step(test_key_t *k, uint64_t cost, dify_gcra_result_t *out)
 {
     int                 i;
-    char                a[160], *colon;
+    char               *colon;
     int64_t             t0, t1, now, tat, stored;
     int                 ends;
     uint64_t            t, tol, stored_iv;
     long long           when;
     redisReply         *exec, *r;
+    const char         *err;
+    test_batch_t        b;
     dify_gcra_state_t   st;
     dify_gcra_result_t  got, exp;
-    const char         *argv[7], *err;
 
-    snprintf(a, sizeof(a), "default %llu %llu %llu %llu",
-             (unsigned long long) k->args.rate,
-             (unsigned long long) k->args.period,
-             (unsigned long long) k->args.burst,
-             (unsigned long long) cost);
-
-    argv[0] = "EVALSHA";
-    argv[1] = tr.sha;
-    argv[2] = "2";
-    argv[3] = k->okey;
-    argv[4] = k->key;
-    argv[5] = "c";
-    argv[6] = a;
+    batch_init(&b);
+    batch_c(&b, k->okey, 1, &k->key, (const char *[]) { "default" },
+            &k->args, &cost);
 
     (void) redisAppendCommand(tr.c, "MULTI");
     (void) redisAppendCommand(tr.c, "TIME");
-    (void) redisAppendCommandArgv(tr.c, 7, argv, NULL);
+    batch_append(&b);
     (void) redisAppendCommand(tr.c, "GET %s", k->key);
     (void) redisAppendCommand(tr.c, "PEXPIRETIME %s", k->key);
     (void) redisAppendCommand(tr.c, "TIME");
@@ -684,7 +1024,7 @@ test_noscript(void **state)
 
     /* EVAL with the text works the same */
 
-    reply = cmd("EVAL %s 2 o k c %s", dify_gcra_script, "default 10 1 5 1");
+    reply = cmd("EVAL %s 2 o k c1 default 10 1 5 1", dify_gcra_script);
     assert_int_equal(dify_gcra_parse_reply(reply, &res, NULL, NULL),
                      DIFY_REPLY_OK);
     assert_int_equal(res.verdict, DIFY_GCRA_ALLOWED);
@@ -1067,10 +1407,27 @@ test_foreign_state(void **state)
         freeReplyObject(reply);
     }
 
-    /* a state of another type: an error, not a crash */
+    /*
+     * a state of another type: not a crash; MGET reads it as absent
+     * (since the batch script), so the key is charged as a full bucket
+     * and the state written over it
+     */
 
     cmd_ok("DEL f:tat");
     cmd_ok("HSET f:tat a b");
+    k.tat = 0;
+    k.iv = 0;
+    assert_int_equal(step(&k, 1, &res), DIFY_GCRA_ALLOWED);
+    assert_int_equal(res.remaining, 4);
+
+    reply = cmd("TYPE f:tat");
+    assert_string_equal(reply->str, "string");
+    freeReplyObject(reply);
+
+    /* an override of another type: the reply's own error */
+
+    cmd_ok("DEL f:tat");
+    cmd_ok("SET f:lim 1");
 
     reply = eval_raw("f:tat", "f:lim", "10", "1", "5", "1");
     err = NULL;
@@ -1079,14 +1436,6 @@ test_foreign_state(void **state)
                      DIFY_REPLY_ERROR);
     assert_non_null(strstr(err, "WRONGTYPE"));
     assert_int_equal(len, strlen(err));
-    freeReplyObject(reply);
-
-    cmd_ok("DEL f:tat");
-    cmd_ok("SET f:lim 1");
-
-    reply = eval_raw("f:tat", "f:lim", "10", "1", "5", "1");
-    assert_int_equal(dify_gcra_parse_reply(reply, &res, NULL, NULL),
-                     DIFY_REPLY_ERROR);
     freeReplyObject(reply);
 }
 
@@ -1115,8 +1464,7 @@ test_several(void **state)
 
     /* default 10 r/s burst 5, day 2 r/d burst 1: the day admits once */
 
-    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
-                "default 10 1 5 1 day 2 86400 1 1");
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c2 " TEST_S2, tr.sha);
     assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
                      DIFY_REPLY_OK);
     assert_int_equal(dify_gcra_charged(res, 2), 1);
@@ -1137,8 +1485,7 @@ test_several(void **state)
 
     /* the day refuses: the default is not charged */
 
-    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
-                "default 10 1 5 1 day 2 86400 1 1");
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c2 " TEST_S2, tr.sha);
     assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
                      DIFY_REPLY_OK);
     assert_int_equal(dify_gcra_charged(res, 2), 0);
@@ -1153,8 +1500,7 @@ test_several(void **state)
     /* per-limit overrides: day.burst 3; the block is every limit's */
 
     cmd_ok("HSET s:lim day.burst 3");
-    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
-                "default 10 1 5 1 day 2 86400 1 1");
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c2 " TEST_S2, tr.sha);
     assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
                      DIFY_REPLY_OK);
     assert_int_equal(dify_gcra_charged(res, 2), 1);
@@ -1163,8 +1509,7 @@ test_several(void **state)
     freeReplyObject(reply);
 
     cmd_ok("HSET s:lim blocked 1");
-    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
-                "default 10 1 5 1 day 2 86400 1 1");
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c2 " TEST_S2, tr.sha);
     assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
                      DIFY_REPLY_OK);
     assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
@@ -1178,10 +1523,9 @@ test_several(void **state)
     tat1 = strtoll(reply->str, NULL, 10);
     freeReplyObject(reply);
 
-    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day r %s", tr.sha,
-                "1 100000 1 43200000000");
-    assert_int_equal(reply->type, REDIS_REPLY_INTEGER);
-    assert_int_equal(reply->integer, 2);
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day r2 "
+                "1 100000 1 43200000000", tr.sha);
+    assert_int_equal(refunded(reply, 0), 2);
     freeReplyObject(reply);
 
     reply = cmd("GET s:tat:day");
@@ -1190,27 +1534,25 @@ test_several(void **state)
 
     /* a refund past the state empties it: the bucket is full */
 
-    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day r %s", tr.sha,
-                "100 100000 100 43200000000");
-    assert_int_equal(reply->integer, 2);
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day r2 "
+                "100 100000 100 43200000000", tr.sha);
+    assert_int_equal(refunded(reply, 0), 2);
     freeReplyObject(reply);
     reply = cmd("EXISTS s:tat s:tat:day");
     assert_int_equal(reply->integer, 0);
     freeReplyObject(reply);
 
-    /* bad arguments: the packed list must match the keys */
+    /* bad arguments: ARGV must match the descriptor, a name be a name */
 
-    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c %s", tr.sha,
-                "default 10 1 5 1");
+    reply = cmd("EVALSHA %s 3 s:lim s:tat s:tat:day c2 default 10 1 5 1",
+                tr.sha);
     assert_int_equal(dify_gcra_parse_replies(reply, res, 2, NULL, NULL),
                      DIFY_REPLY_ERROR);
     freeReplyObject(reply);
-    reply = cmd("EVALSHA %s 2 s:lim s:tat c %s", tr.sha,
-                "default  10 1 5 1");
+    reply = cmd("EVALSHA %s 2 s:lim s:tat c1 %s 10 1 5 1", tr.sha, "");
     assert_int_equal(reply->type, REDIS_REPLY_ERROR);
     freeReplyObject(reply);
-    reply = cmd("EVALSHA %s 2 s:lim s:tat c %s", tr.sha,
-                "de.fault 10 1 5 1");
+    reply = cmd("EVALSHA %s 2 s:lim s:tat c1 de.fault 10 1 5 1", tr.sha);
     assert_int_equal(reply->type, REDIS_REPLY_ERROR);
     freeReplyObject(reply);
 
@@ -1219,8 +1561,7 @@ test_several(void **state)
      * tonumber() and floors what it owes: the TAT, not less
      */
 
-    reply = cmd("EVALSHA %s 2 s:lim s:tat c %s", tr.sha,
-                "default 1 86400 5 1");
+    reply = cmd("EVALSHA %s 2 s:lim s:tat c1 default 1 86400 5 1", tr.sha);
     freeReplyObject(reply);
     reply = cmd("GET s:tat");
     tat0 = strtoll(reply->str, NULL, 10);
@@ -1267,7 +1608,7 @@ test_arguments(void **state)
 
     /* missing ARGV, wrong numkeys */
 
-    reply = cmd("EVALSHA %s 2 a:lim a:tat c %s", tr.sha, "default 10 1 5");
+    reply = cmd("EVALSHA %s 2 a:lim a:tat c1 default 10 1 5", tr.sha);
     assert_int_equal(dify_gcra_parse_reply(reply, &res, NULL, NULL),
                      DIFY_REPLY_ERROR);
     freeReplyObject(reply);
@@ -1386,6 +1727,1205 @@ test_random_agreement(void **state)
 }
 
 
+/* the batch: arguments */
+
+
+/* the values and expiry times of keys, and the number of keys, in buf */
+
+static void
+snapshot(const char **keys, size_t n, char *buf, size_t size)
+{
+    size_t       i, len;
+    redisReply  *v, *p;
+
+    v = cmd("DBSIZE");
+    len = (size_t) snprintf(buf, size, "%lld;", v->integer);
+    freeReplyObject(v);
+
+    for (i = 0; i < n; i++) {
+        v = cmd("GET %s", keys[i]);
+        p = cmd("PEXPIRETIME %s", keys[i]);
+
+        assert_true(len < size);
+        len += (size_t) snprintf(buf + len, size - len, "%s=%s@%lld;",
+                                 keys[i],
+                                 v->type == REDIS_REPLY_STRING ? v->str : "-",
+                                 p->integer);
+        freeReplyObject(v);
+        freeReplyObject(p);
+    }
+
+    assert_true(len < size);
+}
+
+
+/* "c1r1d1": a charge, a refund and a charge of a key without override */
+
+static void
+batch_prefix(test_batch_t *b)
+{
+    uint64_t           one, iv;
+    dify_gcra_limit_t  l;
+
+    l = lim(10, 1, 5);
+    one = 1;
+    iv = 100000;
+
+    batch_init(b);
+    batch_c(b, "v:lim", 1, (const char *[]) { "v:a" },
+            (const char *[]) { "default" }, &l, &one);
+    batch_r(b, "v:lim", 1, (const char *[]) { "v:b" }, &one, &iv);
+    batch_d(b, "v:none", 1, (const char *[]) { "v:c" },
+            (const char *[]) { "default" }, &l, &one);
+}
+
+
+static void
+expect_refused(test_batch_t *b, const char *why, const char *error,
+    const char *before, const char **keys, size_t n)
+{
+    char         after[1024];
+    redisReply  *reply;
+
+    reply = batch_eval(b);
+
+    if (reply->type != REDIS_REPLY_ERROR
+        || strstr(reply->str, error) == NULL)
+    {
+        fail_msg("batch \"%s\" (%s) not refused: type %d %s", b->desc, why,
+                 reply->type, reply->type == REDIS_REPLY_ERROR
+                              ? reply->str : "");
+    }
+
+    freeReplyObject(reply);
+
+    /* nothing written, nothing deleted */
+
+    snapshot(keys, n, after, sizeof(after));
+
+    if (strcmp(before, after) != 0) {
+        fail_msg("batch \"%s\" (%s) refused, but wrote: %s -> %s",
+                 b->desc, why, before, after);
+    }
+}
+
+
+static void
+test_batch_arguments(void **state)
+{
+    size_t               i, j, f, cases;
+    uint64_t             two, three, costs[2];
+    redisReply          *reply;
+    test_batch_t         b;
+    dify_gcra_limit_t    l, ls[2];
+    char                 before[1024], after[1024];
+    const char          *keys[] = { "v:a", "v:b", "v:c", "v:d", "v:lim",
+                                    "v:str" };
+    const char          *descs[] = {
+        "", "c", "c1r1d1c", "c1r1d", "c1r1d1c1r",           /* odd */
+        "c1r1x1", "c1r1D1", "C1r1d1", "c1r1 1", "c1R1d1",   /* unknown op */
+        "c1r1k1",               /* "k", known limits, is gone: unknown */
+        "c1r1d0", "c1r1d9", "c0r1d1", "c9r1d1",             /* n 0 or 9 */
+        "c1r1dd", "c1r1d:", "c1r1d/", "c1r1d-",             /* not a digit */
+        "c2r1d1", "c1r2d1", "c1r1d2", "c1d1", "c1r1d1c1",   /* counts */
+        "c1d1r1"                /* the same counts, the values misplaced */
+    };
+    const char          *values[] = { "x", "", "-5", "1.5", " 10", "10 ",
+                                      "1e3", "0x1", "+1", "-0" };
+    const char          *names[] = { "de.fault", "", "a b", "a:b", "a\n" };
+
+    (void) state;
+
+    if (tr.missing) {
+        skip();
+    }
+
+    /* states to keep: v:a and v:b owe, v:str is a string, v:lim a hash */
+
+    l = lim(10, 1, 5);
+    two = 2;
+    three = 3;
+
+    batch_init(&b);
+    batch_c(&b, "v:lim", 1, (const char *[]) { "v:a" },
+            (const char *[]) { "default" }, &l, &two);
+    batch_d(&b, "v:none", 1, (const char *[]) { "v:b" },
+            (const char *[]) { "default" }, &l, &three);
+    reply = batch_eval(&b);
+    assert_int_equal(reply->type, REDIS_REPLY_ARRAY);
+    freeReplyObject(reply);
+
+    cmd_ok("HSET v:lim rate 20/s");
+    cmd_ok("SET v:str 1");
+
+    /* the prefix itself passes (and is then undone) */
+
+    snapshot(keys, 6, before, sizeof(before));
+
+    batch_prefix(&b);
+    reply = batch_eval(&b);
+    assert_int_equal(reply->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(reply->elements, b.width);
+    assert_int_equal(reply->elements, 7 + 1 + 7);
+    freeReplyObject(reply);
+
+    cmd_ok("DEL v:a v:b v:c");
+    batch_init(&b);
+    batch_c(&b, "v:lim", 1, (const char *[]) { "v:a" },
+            (const char *[]) { "default" }, &l, &two);
+    batch_d(&b, "v:none", 1, (const char *[]) { "v:b" },
+            (const char *[]) { "default" }, &l, &three);
+    reply = batch_eval(&b);
+    freeReplyObject(reply);
+
+    snapshot(keys, 6, before, sizeof(before));
+    cases = 0;
+
+    /* a malformed descriptor, with the prefix's KEYS and ARGV */
+
+    for (i = 0; i < sizeof(descs) / sizeof(descs[0]); i++) {
+        batch_prefix(&b);
+        strcpy(b.desc, descs[i]);
+        expect_refused(&b, "descriptor", "bad arguments", before, keys, 6);
+        cases++;
+    }
+
+    /* KEYS or ARGV one short, or one too many */
+
+    batch_prefix(&b);
+    b.nkeys--;
+    expect_refused(&b, "a key short", "bad arguments", before, keys, 6);
+
+    batch_prefix(&b);
+    batch_key(&b, "v:d");
+    expect_refused(&b, "a key too many", "bad arguments", before, keys, 6);
+
+    batch_prefix(&b);
+    b.nargs--;
+    expect_refused(&b, "an argument short", "bad arguments", before,
+                   keys, 6);
+
+    batch_prefix(&b);
+    batch_arg(&b, "1");
+    expect_refused(&b, "an argument too many", "bad arguments", before,
+                   keys, 6);
+
+    batch_prefix(&b);
+    b.nargs = 0;
+    expect_refused(&b, "no argument but the descriptor", "bad arguments",
+                   before, keys, 6);
+
+    cases += 5;
+
+    /* no ARGV at all */
+
+    reply = cmd("EVALSHA %s 2 v:lim v:a", tr.sha);
+    assert_int_equal(reply->type, REDIS_REPLY_ERROR);
+    assert_non_null(strstr(reply->str, "bad arguments"));
+    freeReplyObject(reply);
+    cases++;
+
+    /*
+     * a non-numeric value in the last group, after groups that were
+     * decided already: the whole batch is refused, nothing written
+     */
+
+    for (i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+
+        for (f = 0; f < 8; f++) {
+            batch_prefix(&b);
+            batch_group(&b, f < 4 ? DIFY_GCRA_OP_CHARGE
+                                  : DIFY_GCRA_OP_DEFAULT, 1);
+            batch_key(&b, "v:lim");
+            batch_key(&b, "v:d");
+            batch_arg(&b, "default");
+
+            for (j = 0; j < 4; j++) {
+                batch_arg(&b, j == f % 4 ? values[i] : "10");
+            }
+
+            expect_refused(&b, "c, d: not a number", "bad arguments",
+                           before, keys, 6);
+            cases++;
+        }
+    }
+
+    /* a bad name in the second limit of a group */
+
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        batch_prefix(&b);
+        ls[0] = l;
+        ls[1] = l;
+        costs[0] = 1;
+        costs[1] = 1;
+        batch_c(&b, "v:lim", 2, (const char *[]) { "v:d", "v:c" },
+                (const char *[]) { "default", names[i] }, ls, costs);
+        expect_refused(&b, "c: a bad name", "bad arguments", before,
+                       keys, 6);
+        batch_prefix(&b);
+        batch_d(&b, "v:none", 2, (const char *[]) { "v:d", "v:c" },
+                (const char *[]) { "default", names[i] }, ls, costs);
+        expect_refused(&b, "d: a bad name", "bad arguments", before,
+                       keys, 6);
+        cases += 2;
+    }
+
+    /* an override of another type: its error, nothing written either */
+
+    batch_prefix(&b);
+    batch_c(&b, "v:str", 1, (const char *[]) { "v:d" },
+            (const char *[]) { "default" }, &l, &two);
+    expect_refused(&b, "c: override not a hash", "WRONGTYPE", before,
+                   keys, 6);
+
+    /* the same for a "d": the EXISTS finds it, the HMGET fails */
+
+    batch_prefix(&b);
+    batch_d(&b, "v:str", 1, (const char *[]) { "v:d" },
+            (const char *[]) { "default" }, &l, &two);
+    expect_refused(&b, "d: override not a hash", "WRONGTYPE", before,
+                   keys, 6);
+    cases += 2;
+
+    print_message("# %zu malformed batches refused, none wrote\n", cases);
+
+    /*
+     * an "r" with a value that is not a number gives nothing back (as
+     * the script before batches did): not an error, the state kept
+     */
+
+    batch_init(&b);
+    batch_group(&b, DIFY_GCRA_OP_REFUND, 1);
+    batch_key(&b, "v:lim");
+    batch_key(&b, "v:a");
+    batch_arg(&b, "x");
+    batch_arg(&b, "100000");
+    batch_group(&b, DIFY_GCRA_OP_REFUND, 1);
+    batch_key(&b, "v:lim");
+    batch_key(&b, "v:b");
+    batch_arg(&b, "1");
+    batch_arg(&b, "0");
+    reply = batch_eval(&b);
+    assert_int_equal(refunded(reply, 0), 0);
+    assert_int_equal(refunded(reply, 1), 0);
+    freeReplyObject(reply);
+
+    snapshot(keys, 6, after, sizeof(after));
+    assert_string_equal(before, after);
+}
+
+
+/*
+ * The batch against the C model: random batches of 1 to 40 groups of
+ * "c", "d" and "r" over 6 states (so that a state comes back within a
+ * batch) and 4 overrides (2 never set, so that the "d" groups of some
+ * batches have none at all), 1 to 4 limits a group, costs from 0 to
+ * burst + 1, random overrides and old-style bare states; the model
+ * applies dify_gcra_decide_all() and dify_gcra_refund() group by group
+ * in order at the batch's own "now"; every field of the reply and
+ * every state after the batch (value and PXAT) must be the model's.
+ */
+
+#define TEST_DKEYS   6
+#define TEST_DOKEYS  4                      /* d:o2, d:o3: never set */
+#define TEST_DNAMES  4
+
+typedef struct {
+    const char         *key;
+    int64_t             tat;                /* the model, 0: none */
+    uint64_t            iv;
+    char                value[48];          /* in Redis until it expires */
+    long long           pxat;               /* -2: none, -1: no expiry */
+    int                 dirty;              /* written by this batch */
+    dify_gcra_limit_t   home;               /* its usual limit */
+} test_dstate_t;
+
+typedef struct {
+    const char         *key;
+    int                 present;            /* the hash exists */
+    int                 blocked;
+    const char         *rate[TEST_DNAMES];
+    const char         *burst[TEST_DNAMES];
+} test_dover_t;
+
+
+static const char  *dnames[TEST_DNAMES] = { "default", "a", "b", "c" };
+
+
+static dify_gcra_limit_t
+dover_limit(const test_dover_t *o, size_t m, dify_gcra_limit_t l)
+{
+    uint64_t  r, p, b;
+
+    if (o->rate[m] != NULL
+        && dify_gcra_parse_rate((const unsigned char *) o->rate[m],
+                                strlen(o->rate[m]), &r, &p) == 0)
+    {
+        l.rate = r;
+        l.period = p;
+        l.burst = r;
+    }
+
+    if (o->burst[m] != NULL && burst_field(o->burst[m], &b) == 0) {
+        l.burst = b;
+    }
+
+    return l;
+}
+
+
+/* present 0: no hash at all (as most keys, whose groups are "d") */
+
+static void
+dover_set(test_dover_t *o, int present, int blocked, size_t m,
+    const char *rate, const char *burst)
+{
+    size_t  i;
+
+    cmd_ok("DEL %s", o->key);
+
+    o->present = present;
+    o->blocked = present && blocked;
+
+    for (i = 0; i < TEST_DNAMES; i++) {
+        o->rate[i] = NULL;
+        o->burst[i] = NULL;
+    }
+
+    if (!present) {
+        return;
+    }
+
+    o->rate[m] = rate;
+    o->burst[m] = burst;
+
+    if (blocked) {
+        cmd_ok("HSET %s blocked 1", o->key);
+
+    } else {
+        cmd_ok("HSET %s blocked 0", o->key);
+    }
+
+    if (rate != NULL) {
+        cmd_ok("HSET %s %s%srate %s", o->key, m ? dnames[m] : "",
+               m ? "." : "", rate);
+    }
+
+    if (burst != NULL) {
+        cmd_ok("HSET %s %s%sburst %s", o->key, m ? dnames[m] : "",
+               m ? "." : "", burst);
+    }
+}
+
+
+/* what the model's state is after a group wrote it */
+
+static void
+dstate_store(test_dstate_t *s, const dify_gcra_state_t *st, int64_t now)
+{
+    s->dirty = 1;
+
+    if (st->tat <= now) {
+        s->tat = 0;
+        s->iv = 0;
+        s->value[0] = '\0';
+        s->pxat = -2;
+        return;
+    }
+
+    s->tat = st->tat;
+    s->iv = st->interval;
+    snprintf(s->value, sizeof(s->value), "%lld.%011llu",
+             (long long) st->tat, (unsigned long long) st->interval);
+    s->pxat = (st->tat + 999) / 1000;
+}
+
+
+static void
+expect_same(const dify_gcra_result_t *got, const dify_gcra_result_t *exp,
+    const test_batch_t *b, size_t g, size_t i, int64_t now)
+{
+    if (got->verdict == exp->verdict
+        && got->limit.rate == exp->limit.rate
+        && got->limit.period == exp->limit.period
+        && got->limit.burst == exp->limit.burst
+        && got->remaining == exp->remaining
+        && got->reset == exp->reset
+        && got->retry == exp->retry)
+    {
+        return;
+    }
+
+    fail_msg("batch %s, group %zu, limit %zu, now %lld: "
+             "redis %d %llu/%llu/%llu %llu %llu %llu, "
+             "model %d %llu/%llu/%llu %llu %llu %llu",
+             b->desc, g, i, (long long) now, got->verdict,
+             (unsigned long long) got->limit.rate,
+             (unsigned long long) got->limit.period,
+             (unsigned long long) got->limit.burst,
+             (unsigned long long) got->remaining,
+             (unsigned long long) got->reset,
+             (unsigned long long) got->retry, exp->verdict,
+             (unsigned long long) exp->limit.rate,
+             (unsigned long long) exp->limit.period,
+             (unsigned long long) exp->limit.burst,
+             (unsigned long long) exp->remaining,
+             (unsigned long long) exp->reset,
+             (unsigned long long) exp->retry);
+}
+
+
+/* each state after the batch: the model's value and PXAT */
+
+static void
+expect_states(test_dstate_t *ds, const test_run_t *run,
+    const test_batch_t *b)
+{
+    size_t              j;
+    const redisReply   *v;
+
+    for (j = 0; j < TEST_DKEYS; j++) {
+        v = run->get[j];
+
+        if (ds[j].tat > run->now) {
+
+            if (v->type == REDIS_REPLY_STRING
+                && strcmp(v->str, ds[j].value) == 0
+                && run->pxat[j] == ds[j].pxat)
+            {
+                continue;
+            }
+
+            /* written, and expired within the EXEC: only when so close */
+
+            if (v->type == REDIS_REPLY_NIL && ds[j].pxat >= 0
+                && ds[j].pxat * 1000 <= run->t1)
+            {
+                continue;
+            }
+
+        } else if (ds[j].dirty) {
+
+            /* emptied by this batch: deleted */
+
+            if (v->type == REDIS_REPLY_NIL && run->pxat[j] == -2) {
+                continue;
+            }
+
+        } else {
+
+            /* full, untouched: gone, or what was written, not expired yet */
+
+            if (v->type == REDIS_REPLY_NIL && run->pxat[j] == -2) {
+                continue;
+            }
+
+            if (v->type == REDIS_REPLY_STRING
+                && strcmp(v->str, ds[j].value) == 0
+                && run->pxat[j] == ds[j].pxat)
+            {
+                continue;
+            }
+        }
+
+        fail_msg("batch %s, now %lld: %s is \"%s\" @%lld, model %lld.%llu "
+                 "\"%s\" @%lld%s", b->desc, (long long) run->now,
+                 ds[j].key, v->type == REDIS_REPLY_STRING ? v->str : "(nil)",
+                 run->pxat[j], (long long) ds[j].tat,
+                 (unsigned long long) ds[j].iv, ds[j].value, ds[j].pxat,
+                 ds[j].dirty ? " (written)" : "");
+    }
+}
+
+
+static void
+test_batch_random(void **state)
+{
+    int                  op, k, dup, pick[TEST_DKEYS], counts[4];
+    size_t               i, j, m, g, n, batches, groups[3], limits,
+                         repeats, refunds, off, ng, dbatches[2];
+    int64_t              last;
+    uint64_t             costs[DIFY_GCRA_MAX_LIMITS];
+    uint64_t             ivs[DIFY_GCRA_MAX_LIMITS];
+    test_run_t           run;
+    test_batch_t         b;
+    test_dover_t         dov[TEST_DOKEYS], *o;
+    test_dstate_t        ds[TEST_DKEYS];
+    const char          *err, *watch[TEST_DKEYS];
+    const char          *keys[DIFY_GCRA_MAX_LIMITS];
+    const char          *names[DIFY_GCRA_MAX_LIMITS];
+    long long            count;
+    int                  has_d, d_over;
+    dify_gcra_state_t    st[DIFY_GCRA_MAX_LIMITS];
+    dify_gcra_limit_t    ls[DIFY_GCRA_MAX_LIMITS];
+    dify_gcra_result_t   got[DIFY_GCRA_MAX_LIMITS];
+    dify_gcra_result_t   exp[DIFY_GCRA_MAX_LIMITS];
+    int                  gk[TEST_MAX_GROUPS][DIFY_GCRA_MAX_LIMITS];
+    int                  go[TEST_MAX_GROUPS];
+    uint64_t             gc[TEST_MAX_GROUPS][DIFY_GCRA_MAX_LIMITS];
+    uint64_t             gi[TEST_MAX_GROUPS][DIFY_GCRA_MAX_LIMITS];
+    dify_gcra_limit_t    gl[TEST_MAX_GROUPS][DIFY_GCRA_MAX_LIMITS];
+    size_t               gm[TEST_MAX_GROUPS][DIFY_GCRA_MAX_LIMITS];
+    const char          *rates[] = { "1000r/s", "500 r/s", "200/s",
+                                     "6000/m", "bad", "3r/s", "7/h" };
+    const char          *bursts[] = { "1", "2", "4", "9", "x" };
+    const char          *okeys[TEST_DOKEYS] = { "d:o0", "d:o1", "d:o2",
+                                                "d:o3" };
+    const char          *skeys[TEST_DKEYS] = { "d:0", "d:1", "d:2", "d:3",
+                                               "d:4", "d:5" };
+    dify_gcra_limit_t    pool[] = {
+        { 1000, 1, 3 }, { 400, 1, 1 }, { 100, 1, 5 }, { 60000, 60, 2 },
+        { 1, 60, 3 }, { 200, 1, 10 }, { 3, 1, 2 }, { 7, 1, 4 }
+    };
+
+    (void) state;
+
+    if (tr.missing) {
+        skip();
+    }
+
+    srand(20261201);
+    memset(counts, 0, sizeof(counts));
+    memset(groups, 0, sizeof(groups));
+    memset(dbatches, 0, sizeof(dbatches));
+    limits = 0;
+    repeats = 0;
+    refunds = 0;
+
+    for (j = 0; j < TEST_DKEYS; j++) {
+        ds[j].key = skeys[j];
+        ds[j].tat = 0;
+        ds[j].iv = 0;
+        ds[j].value[0] = '\0';
+        ds[j].pxat = -2;
+        ds[j].home = pool[j];
+        watch[j] = skeys[j];
+    }
+
+    for (j = 0; j < TEST_DOKEYS; j++) {
+        dov[j].key = okeys[j];
+        dover_set(&dov[j], 0, 0, 0, NULL, NULL);
+    }
+
+    last = 0;
+    batches = 300;
+
+    for (i = 0; i < batches; i++) {
+
+        /* between batches: overrides, bare states, the clock */
+
+        switch (rand() % 10) {
+
+        case 0:
+        case 1:
+            o = &dov[rand() % 2];
+            m = (size_t) rand() % TEST_DNAMES;
+            dover_set(o, 1, rand() % 6 == 0, m,
+                      rand() % 3 ? rates[rand() % 7] : NULL,
+                      rand() % 2 ? bursts[rand() % 5] : NULL);
+            break;
+
+        case 2:
+        case 3:
+            dover_set(&dov[rand() % 2], 0, 0, 0, NULL, NULL);
+            break;
+
+        case 4:
+            if (last != 0) {
+                j = (size_t) rand() % TEST_DKEYS;
+                ds[j].tat = last + rand() % 50000;
+                ds[j].iv = 0;
+                snprintf(ds[j].value, sizeof(ds[j].value), "%lld",
+                         (long long) ds[j].tat);
+                ds[j].pxat = -1;
+                cmd_ok("SET %s %s", ds[j].key, ds[j].value);
+            }
+            break;
+
+        case 5:
+        case 6:
+            msleep(rand() % 3);
+            break;
+
+        default:
+            break;
+        }
+
+        /* the batch */
+
+        batch_init(&b);
+        ng = 1 + (size_t) rand() % 40;
+        has_d = 0;
+        d_over = 0;
+
+        for (j = 0; j < TEST_DKEYS; j++) {
+            ds[j].dirty = 0;
+            pick[j] = 0;
+        }
+
+        for (g = 0; g < ng; g++) {
+            op = rand() % 20;
+            op = op < 7 ? DIFY_GCRA_OP_CHARGE
+                 : op < 15 ? DIFY_GCRA_OP_DEFAULT : DIFY_GCRA_OP_REFUND;
+            n = 1 + (size_t) rand() % 4;
+            go[g] = rand() % 5 < 2 ? rand() % 2 : 2 + rand() % 2;
+
+            /* mostly none: a batch's "d" groups often have none at all */
+
+            if (op == DIFY_GCRA_OP_DEFAULT && rand() % 3) {
+                go[g] = 2 + rand() % 2;
+            }
+
+            if (op == DIFY_GCRA_OP_DEFAULT) {
+                has_d = 1;
+                d_over |= dov[go[g]].present;
+            }
+
+            /* n distinct states */
+
+            for (j = 0; j < n; j++) {
+
+                do {
+                    k = rand() % TEST_DKEYS;
+                    dup = 0;
+
+                    for (m = 0; m < j; m++) {
+                        dup |= (gk[g][m] == k);
+                    }
+
+                } while (dup);
+
+                gk[g][j] = k;
+                repeats += (pick[k] != 0);
+                pick[k] = 1;
+                keys[j] = skeys[k];
+
+                gl[g][j] = rand() % 5 ? ds[k].home : pool[rand() % 8];
+                gm[g][j] = (size_t) rand() % TEST_DNAMES;
+                names[j] = dnames[gm[g][j]];
+                ls[j] = dover_limit(&dov[go[g]], gm[g][j], gl[g][j]);
+
+                gc[g][j] = (uint64_t) rand() % (ls[j].burst + 2);
+
+                if (op == DIFY_GCRA_OP_REFUND) {
+                    gc[g][j] = (uint64_t) rand() % 4;
+                    gi[g][j] = dify_gcra_interval(&gl[g][j]);
+                }
+
+                costs[j] = gc[g][j];
+                ivs[j] = gi[g][j];
+            }
+
+            if (op == DIFY_GCRA_OP_REFUND) {
+                batch_r(&b, dov[go[g]].key, n, keys, costs, ivs);
+
+            } else {
+                batch_charge(&b, op, dov[go[g]].key, n, keys, names, gl[g],
+                             costs);
+            }
+        }
+
+        if (has_d) {
+            dbatches[d_over]++;
+        }
+
+        batch_run(&b, watch, TEST_DKEYS, &run);
+
+        /* the model, group by group, at the batch's "now" */
+
+        off = 0;
+
+        for (g = 0; g < ng; g++) {
+            op = b.ops[g];
+            n = b.ns[g];
+            groups[op == DIFY_GCRA_OP_CHARGE ? 0
+                   : op == DIFY_GCRA_OP_DEFAULT ? 1 : 2]++;
+            limits += n;
+
+            for (j = 0; j < n; j++) {
+                st[j].tat = ds[gk[g][j]].tat;
+                st[j].interval = ds[gk[g][j]].iv;
+                ls[j] = dover_limit(&dov[go[g]], gm[g][j], gl[g][j]);
+            }
+
+            err = NULL;
+
+            if (dify_gcra_parse_group(run.reply->element + off, op, n, got,
+                                      &err)
+                != DIFY_REPLY_OK)
+            {
+                fail_msg("batch %s, group %zu: reply rejected: %s",
+                         b.desc, g, err);
+            }
+
+            if (op == DIFY_GCRA_OP_REFUND) {
+                count = 0;
+
+                for (j = 0; j < n; j++) {
+                    if (st[j].tat <= run.now) {
+                        continue;
+                    }
+
+                    count++;
+                    (void) dify_gcra_refund(&st[j], run.now, gc[g][j],
+                                            gi[g][j]);
+                    dstate_store(&ds[gk[g][j]], &st[j], run.now);
+                }
+
+                refunds += (size_t) count;
+
+                if (run.reply->element[off]->integer != count) {
+                    fail_msg("batch %s, group %zu: redis gave back to %lld,"
+                             " the model to %lld", b.desc, g,
+                             run.reply->element[off]->integer, count);
+                }
+
+            } else {
+                if (dify_gcra_decide_all(st, run.now, ls, gc[g], n,
+                                         dov[go[g]].blocked, exp))
+                {
+                    for (j = 0; j < n; j++) {
+                        dstate_store(&ds[gk[g][j]], &st[j], run.now);
+                    }
+                }
+
+                for (j = 0; j < n; j++) {
+                    expect_same(&got[j], &exp[j], &b, g, j, run.now);
+                    counts[exp[j].verdict + 2]++;
+                }
+            }
+
+            off += dify_gcra_reply_width(op, n);
+        }
+
+        expect_states(ds, &run, &b);
+
+        last = run.now;
+        freeReplyObject(run.exec);
+    }
+
+    print_message("# %zu batches, %zu groups (%zu c, %zu d, %zu r), "
+                  "%zu limits (%zu on a state met earlier in their batch); "
+                  "%d allowed, %d limited, %d never, %d blocked, "
+                  "%zu given back; of the batches with \"d\" groups, "
+                  "%zu found no override of them, %zu one\n", batches,
+                  groups[0] + groups[1] + groups[2], groups[0], groups[1],
+                  groups[2], limits, repeats, counts[3], counts[2],
+                  counts[0], counts[1], refunds, dbatches[0], dbatches[1]);
+
+    assert_true(counts[3] > 500);
+    assert_true(counts[2] > 500);
+    assert_true(counts[0] > 50);
+    assert_true(counts[1] > 50);
+    assert_true(refunds > 100);
+    assert_true(dbatches[0] > 20);
+    assert_true(dbatches[1] > 20);
+}
+
+/*
+ * "d" decides exactly as "c": the same reply fields, the same states
+ * (value and PXAT), on twin keys under twin overrides in one batch;
+ * whether the batch's "d" groups have no override at all (the EXISTS
+ * finds none, no HMGET), or one of them has one (every "d" group reads
+ * its own, present or not).
+ */
+
+static void
+expect_twins(const test_run_t *run, size_t n)
+{
+    size_t             i;
+    const redisReply  *c, *k;
+
+    for (i = 0; i < n; i++) {
+        c = run->get[i];
+        k = run->get[n + i];
+
+        assert_int_equal(c->type, k->type);
+
+        if (c->type == REDIS_REPLY_STRING) {
+            assert_string_equal(c->str, k->str);
+        }
+
+        assert_int_equal(run->pxat[i], run->pxat[n + i]);
+    }
+}
+
+
+/* the same override on both twins, or none */
+
+static void
+twin_override(int present, const char *field, const char *value)
+{
+    cmd_ok("DEL kc:lim kd:lim");
+
+    if (present) {
+        cmd_ok("HSET kc:lim %s %s", field, value);
+        cmd_ok("HSET kd:lim %s %s", field, value);
+    }
+}
+
+
+static void
+test_batch_default(void **state)
+{
+    int                  kinds[4], other;
+    size_t               i, j, n, p, f, runs[2];
+    uint64_t             costs[3], one;
+    test_run_t           run;
+    test_batch_t         b;
+    dify_gcra_limit_t    ls[3], nl;
+    dify_gcra_result_t   rc[3], rd[3];
+    const char          *err;
+    const char          *ckeys[] = { "kc:0", "kc:1", "kc:2" };
+    const char          *dkeys[] = { "kd:0", "kd:1", "kd:2" };
+    const char          *watch[] = { "kc:0", "kc:1", "kc:2",
+                                     "kd:0", "kd:1", "kd:2" };
+    const char          *dnm[] = { "default", "a", "b" };
+    dify_gcra_limit_t    pool[] = {
+        { 10, 1, 5 }, { 1000, 1, 3 }, { 1, 60, 3 }, { 3, 1, 2 },
+        { 7, 1, 4 }, { 400, 1, 1 }, { 0, 0, 0 }, { 2, 1, 0 },
+        { 99999999, 99999999, 99999999 }, { 1, 86400, 1000000 },
+        { 1, 3600, 1000000 }, { 1000000, 1, 1000000 }
+    };
+    const char          *fields[][2] = {
+        { "rate", "100/s" }, { "burst", "2" }, { "a.rate", "3/m" },
+        { "b.burst", "1" }, { "blocked", "1" }, { "blocked", "0" },
+        { "rate", "bad" }, { "a.burst", "7" }
+    };
+
+    (void) state;
+
+    if (tr.missing) {
+        skip();
+    }
+
+    srand(20261202);
+    memset(kinds, 0, sizeof(kinds));
+    memset(runs, 0, sizeof(runs));
+    one = 1;
+
+    /* kx:lim, another key's override, there for the EXISTS to find */
+
+    cmd_ok("HSET kx:lim burst 3");
+
+    for (i = 0; i < 400; i++) {
+        n = 1 + (size_t) rand() % 3;
+
+        for (j = 0; j < n; j++) {
+            p = (size_t) rand() % (sizeof(pool) / sizeof(pool[0]));
+            ls[j] = pool[p];
+            dify_gcra_normalize(&ls[j], &nl);
+            costs[j] = rand() % 4 ? (uint64_t) rand() % (nl.burst + 2)
+                                  : nl.burst + (uint64_t) (rand() % 2);
+        }
+
+        switch (rand() % 10) {
+
+        case 0:
+            f = (size_t) rand() % (sizeof(fields) / sizeof(fields[0]));
+            twin_override(1, fields[f][0], fields[f][1]);
+            break;
+
+        case 1:
+        case 2:
+            twin_override(0, NULL, NULL);
+            break;
+
+        case 3:
+            msleep(rand() % 3);
+            break;
+
+        default:
+            break;
+        }
+
+        other = rand() % 2;
+
+        batch_init(&b);
+        batch_c(&b, "kc:lim", n, ckeys, dnm, ls, costs);
+        batch_d(&b, "kd:lim", n, dkeys, dnm, ls, costs);
+
+        if (other) {
+            batch_d(&b, "kx:lim", 1, (const char *[]) { "kx:0" }, dnm, ls,
+                    &one);
+        }
+
+        /* the twins are watched in the same order: kc:j, then kd:j */
+
+        for (j = 0; j < n; j++) {
+            watch[j] = ckeys[j];
+            watch[n + j] = dkeys[j];
+        }
+
+        batch_run(&b, watch, 2 * n, &run);
+
+        runs[other]++;
+
+        err = NULL;
+        assert_int_equal(dify_gcra_parse_group(run.reply->element,
+                                               DIFY_GCRA_OP_CHARGE, n,
+                                               rc, &err),
+                         DIFY_REPLY_OK);
+        assert_int_equal(dify_gcra_parse_group(run.reply->element + 7 * n,
+                                               DIFY_GCRA_OP_DEFAULT, n,
+                                               rd, &err),
+                         DIFY_REPLY_OK);
+
+        for (j = 0; j < n; j++) {
+            expect_same(&rd[j], &rc[j], &b, 1, j, run.now);
+            kinds[rc[j].verdict + 2]++;
+        }
+
+        expect_twins(&run, n);
+        freeReplyObject(run.exec);
+    }
+
+    print_message("# 400 twin batches (%zu with another key's override): "
+                  "%d allowed, %d limited, %d never, %d blocked\n",
+                  runs[1], kinds[3], kinds[2], kinds[0], kinds[1]);
+
+    assert_true(kinds[3] > 100);
+    assert_true(kinds[2] > 100);
+    assert_true(kinds[0] > 20);
+    assert_true(kinds[1] > 10);
+    assert_true(runs[0] > 100 && runs[1] > 100);
+}
+
+
+/*
+ * A blocked override blocks the "c" and "d" groups that read it, "d"
+ * too when it is the only override of the batch's "d" groups (the
+ * EXISTS finds it); "r" groups on the same state, and groups under
+ * another override or none, decide in the same batch as if it were not
+ * there.
+ */
+
+static void
+test_batch_blocked(void **state)
+{
+    uint64_t             one, two, iv, cs[2];
+    test_run_t           run;
+    test_batch_t         b;
+    dify_gcra_limit_t    l, ls[2];
+    dify_gcra_result_t   res[2];
+    const char          *err;
+    const char          *dnm[] = { "default", "day" };
+    const char          *watch[] = { "bk:a", "bk:b", "bk:c", "bk:d",
+                                     "bk:e" };
+
+    (void) state;
+
+    if (tr.missing) {
+        skip();
+    }
+
+    cmd_ok("HSET bk:lim blocked 1 rate 7/m burst 9");
+
+    l = lim(10, 1, 5);
+    ls[0] = l;
+    ls[1] = l;
+    one = 1;
+    two = 2;
+    cs[0] = 1;
+    cs[1] = 1;
+    iv = 100000;
+
+    batch_init(&b);
+    batch_d(&b, "bk:none", 1, (const char *[]) { "bk:a" }, dnm, &l, &two);
+    batch_c(&b, "bk:lim", 1, (const char *[]) { "bk:a" }, dnm, &l, &one);
+    batch_c(&b, "bk:lim", 2, (const char *[]) { "bk:d", "bk:e" }, dnm, ls,
+            cs);
+    batch_r(&b, "bk:lim", 1, (const char *[]) { "bk:a" }, &one, &iv);
+    batch_d(&b, "bk:lim", 1, (const char *[]) { "bk:a" }, dnm, &l, &one);
+    batch_c(&b, "bk:none", 1, (const char *[]) { "bk:a" }, dnm, &l, &one);
+    batch_d(&b, "bk:none", 2, (const char *[]) { "bk:b", "bk:c" }, dnm,
+            ls, cs);
+    batch_r(&b, "bk:lim", 1, (const char *[]) { "bk:b" }, &one, &iv);
+
+    assert_string_equal(b.desc, "d1c1c2r1d1c1d2r1");
+
+    batch_run(&b, watch, 5, &run);
+    assert_int_equal(run.reply->elements, 7 + 7 + 14 + 1 + 7 + 7 + 14 + 1
+                                          + 7);
+
+    /* d1 without override: charged 2 units of 100 ms */
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element,
+                                           DIFY_GCRA_OP_DEFAULT, 1, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[0].limit.rate, 10);
+    assert_int_equal(res[0].remaining, 3);
+    assert_int_equal(res[0].reset, 200000);
+
+    /* c1 and c2 under bk:lim: blocked, the override's limit, no state */
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 7,
+                                           DIFY_GCRA_OP_CHARGE, 1, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[0].limit.rate, 7);
+    assert_int_equal(res[0].limit.period, 60);
+    assert_int_equal(res[0].limit.burst, 9);
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 14,
+                                           DIFY_GCRA_OP_CHARGE, 2, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[1].limit.rate, 10);            /* "day": none */
+
+    /* r1 under bk:lim: one unit back to bk:a, not blocked */
+
+    assert_int_equal(refunded(run.reply, 28), 1);
+
+    /* d1 under bk:lim: blocked as "c" */
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 29,
+                                           DIFY_GCRA_OP_DEFAULT, 1, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(res[0].limit.rate, 7);
+
+    /* c1 without override, on the same state: 1 unit owed, 1 charged */
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 36,
+                                           DIFY_GCRA_OP_CHARGE, 1, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[0].remaining, 3);
+    assert_int_equal(res[0].reset, 200000);
+
+    /* d2 on fresh states, then one of them given back to: empty */
+
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 43,
+                                           DIFY_GCRA_OP_DEFAULT, 2, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[1].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[1].reset, 100000);
+    assert_int_equal(refunded(run.reply, 57), 1);
+
+    /* the states: once each, at the end */
+
+    assert_int_equal(run.get[0]->type, REDIS_REPLY_STRING);
+    assert_int_equal(strtoll(run.get[0]->str, NULL, 10),
+                     run.now + 200000);
+    assert_int_equal(run.pxat[0], (run.now + 200000 + 999) / 1000);
+    assert_int_equal(run.get[1]->type, REDIS_REPLY_NIL);
+    assert_int_equal(run.pxat[1], -2);
+    assert_int_equal(run.get[2]->type, REDIS_REPLY_STRING);
+    assert_int_equal(strtoll(run.get[2]->str, NULL, 10),
+                     run.now + 100000);
+    assert_int_equal(run.get[3]->type, REDIS_REPLY_NIL);
+    assert_int_equal(run.get[4]->type, REDIS_REPLY_NIL);
+
+    freeReplyObject(run.exec);
+
+    /* a "d" alone under a blocked override: the EXISTS finds it */
+
+    batch_init(&b);
+    batch_d(&b, "bk:lim", 1, (const char *[]) { "bk:d" }, dnm, &l, &one);
+    batch_run(&b, watch, 5, &run);
+    assert_int_equal(dify_gcra_parse_group(run.reply->element,
+                                           DIFY_GCRA_OP_DEFAULT, 1, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_BLOCKED);
+    assert_int_equal(run.get[3]->type, REDIS_REPLY_NIL);
+    freeReplyObject(run.exec);
+
+    /* and "d" groups under no override at all, in a batch of their own */
+
+    batch_init(&b);
+    batch_d(&b, "bk:none", 1, (const char *[]) { "bk:d" }, dnm, &l, &one);
+    batch_d(&b, "bk:none2", 1, (const char *[]) { "bk:d" }, dnm, &l, &one);
+    batch_run(&b, watch, 5, &run);
+    assert_int_equal(dify_gcra_parse_group(run.reply->element + 7,
+                                           DIFY_GCRA_OP_DEFAULT, 1, res,
+                                           &err), DIFY_REPLY_OK);
+    assert_int_equal(res[0].verdict, DIFY_GCRA_ALLOWED);
+    assert_int_equal(res[0].reset, 200000);
+    assert_int_equal(strtoll(run.get[3]->str, NULL, 10), run.now + 200000);
+    freeReplyObject(run.exec);
+}
+
+/*
+ * The largest batch the node sends: 64 groups of 8 limits, "c8" and
+ * "d8" in turn, all on the same 8 states; each group sees the units
+ * of every group before it, and each state is written once.
+ */
+
+static void
+test_batch_largest(void **state)
+{
+    size_t               g, i, off;
+    uint64_t             costs[8];
+    test_run_t           run;
+    test_batch_t        *b;
+    dify_gcra_limit_t    ls[8];
+    dify_gcra_result_t   res[8];
+    const char          *err;
+    const char          *keys[] = { "lg:0", "lg:1", "lg:2", "lg:3", "lg:4",
+                                    "lg:5", "lg:6", "lg:7" };
+    const char          *names[] = { "default", "n1", "n2", "n3", "n4",
+                                     "n5", "n6", "n7" };
+
+    (void) state;
+
+    if (tr.missing) {
+        skip();
+    }
+
+    b = malloc(sizeof(test_batch_t));
+    assert_non_null(b);
+
+    for (i = 0; i < 8; i++) {
+        ls[i] = lim(1000, 1, 100);
+        costs[i] = 1;
+    }
+
+    batch_init(b);
+
+    for (g = 0; g < 64; g++) {
+        if (g % 2) {
+            batch_d(b, "lg:lim", 8, keys, names, ls, costs);
+
+        } else {
+            batch_c(b, "lg:lim", 8, keys, names, ls, costs);
+        }
+    }
+
+    batch_run(b, keys, 8, &run);
+    assert_int_equal(b->nkeys, 64 * 9 + 2);
+
+    off = 0;
+
+    for (g = 0; g < 64; g++) {
+        err = NULL;
+        assert_int_equal(dify_gcra_parse_group(run.reply->element + off,
+                                               b->ops[g], 8, res, &err),
+                         DIFY_REPLY_OK);
+
+        for (i = 0; i < 8; i++) {
+            assert_int_equal(res[i].verdict, DIFY_GCRA_ALLOWED);
+            assert_int_equal(res[i].remaining, 100 - (g + 1));
+            assert_int_equal(res[i].reset, (g + 1) * 1000);
+        }
+
+        off += dify_gcra_reply_width(b->ops[g], 8);
+    }
+
+    for (i = 0; i < 8; i++) {
+        assert_int_equal(run.get[i]->type, REDIS_REPLY_STRING);
+        assert_int_equal(strtoll(run.get[i]->str, NULL, 10),
+                         run.now + 64000);
+        assert_int_equal(run.pxat[i], (run.now + 64000 + 999) / 1000);
+    }
+
+    freeReplyObject(run.exec);
+    free(b);
+}
+
 int
 main(void)
 {
@@ -1401,6 +2941,11 @@ main(void)
         cmocka_unit_test_setup(test_arguments, test_setup),
         cmocka_unit_test_setup(test_several, test_setup),
         cmocka_unit_test_setup(test_random_agreement, test_setup),
+        cmocka_unit_test_setup(test_batch_arguments, test_setup),
+        cmocka_unit_test_setup(test_batch_random, test_setup),
+        cmocka_unit_test_setup(test_batch_default, test_setup),
+        cmocka_unit_test_setup(test_batch_blocked, test_setup),
+        cmocka_unit_test_setup(test_batch_largest, test_setup),
     };
 
     return cmocka_run_group_tests_name("dify_gcra_redis", tests,
