@@ -97,6 +97,11 @@ typedef enum {
  *                     of them all finds one (the verdicts are the same);
  *                "r": COST INTERVAL: give back the charge of a request
  *                     that another key refused.
+ * With numkeys 0, the keys come in ARGV instead, right after the
+ * descriptor, in the same order, and the values after them: a Redis
+ * Cluster node, which takes undeclared keys of several slots in a script
+ * (Redis 7.0, without a shebang) as long as it serves them all, decides
+ * the groups of every slot it serves in one call.
  * The time is Redis's own (TIME), one for the whole batch.  The override
  * hash has the fields "rate" and "burst" of the limit "default",
  * "NAME.rate" and "NAME.burst" of the limit NAME ("N r/s", "N r/m",
