@@ -38,7 +38,6 @@
 
 
 #include <inttypes.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "dify_gcra.h"
@@ -57,6 +56,8 @@ static dify_reply_rc_e dify_gcra_parse_one(redisReply **el,
 static dify_reply_rc_e dify_gcra_check(const long long *v,
     dify_gcra_result_t *res, const char **e);
 static uint64_t dify_gcra_ceil_sec(uint64_t us);
+static size_t dify_gcra_item(char *buf, size_t size, const char *name,
+    size_t name_len, char ka, uint64_t a, char kb, uint64_t b);
 
 
 /*
@@ -907,7 +908,6 @@ size_t
 dify_gcra_policy_item(char *buf, size_t size, const char *name,
     size_t name_len, const dify_gcra_limit_t *limit)
 {
-    int                n;
     uint64_t           w;
     dify_gcra_limit_t  lim;
 
@@ -919,14 +919,7 @@ dify_gcra_policy_item(char *buf, size_t size, const char *name,
 
     w = dify_gcra_ceil_sec(lim.burst * dify_gcra_interval(&lim));
 
-    n = snprintf(buf, size, "\"%.*s\";q=%" PRIu64 ";w=%" PRIu64,
-                 (int) name_len, name, lim.burst, w);
-
-    if (n < 0 || (size_t) n >= size) {
-        return 0;
-    }
-
-    return (size_t) n;
+    return dify_gcra_item(buf, size, name, name_len, 'q', lim.burst, 'w', w);
 }
 
 
@@ -934,7 +927,6 @@ size_t
 dify_gcra_ratelimit_item(char *buf, size_t size, const char *name,
     size_t name_len, const dify_gcra_result_t *res)
 {
-    int                n;
     uint64_t           t, tol, r, d, next;
     dify_gcra_limit_t  lim;
 
@@ -955,14 +947,63 @@ dify_gcra_ratelimit_item(char *buf, size_t size, const char *name,
     next = d + (r + 1) * t;
     next = next > tol ? dify_gcra_ceil_sec(next - tol) : 0;
 
-    n = snprintf(buf, size, "\"%.*s\";r=%" PRIu64 ";t=%" PRIu64,
-                 (int) name_len, name, r, next);
+    return dify_gcra_item(buf, size, name, name_len, 'r', r, 't', next);
+}
 
-    if (n < 0 || (size_t) n >= size) {
+
+/*
+ * "\"NAME\";A=a;B=b", written without printf (each response has one per
+ * limit); 0 when size is too small, as snprintf() would be.
+ */
+
+static size_t
+dify_gcra_item(char *buf, size_t size, const char *name, size_t name_len,
+    char ka, uint64_t a, char kb, uint64_t b)
+{
+    char      *p, digits[2][20];
+    size_t     len, la, lb;
+    uint64_t   v;
+
+    la = 0;
+    v = a;
+
+    do {
+        digits[0][sizeof(digits[0]) - ++la] = (char) ('0' + v % 10);
+        v /= 10;
+    } while (v);
+
+    lb = 0;
+    v = b;
+
+    do {
+        digits[1][sizeof(digits[1]) - ++lb] = (char) ('0' + v % 10);
+        v /= 10;
+    } while (v);
+
+    len = 1 + name_len + 1 + 3 + la + 3 + lb;
+
+    if (len >= size) {
         return 0;
     }
 
-    return (size_t) n;
+    p = buf;
+    *p++ = '"';
+    memcpy(p, name, name_len);
+    p += name_len;
+    *p++ = '"';
+    *p++ = ';';
+    *p++ = ka;
+    *p++ = '=';
+    memcpy(p, digits[0] + sizeof(digits[0]) - la, la);
+    p += la;
+    *p++ = ';';
+    *p++ = kb;
+    *p++ = '=';
+    memcpy(p, digits[1] + sizeof(digits[1]) - lb, lb);
+    p += lb;
+    *p = '\0';
+
+    return len;
 }
 
 
