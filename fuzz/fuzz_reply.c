@@ -3,7 +3,8 @@
  *
  * libFuzzer harness for dify_gcra.c.  The input is fed, as RESP bytes,
  * to a hiredis reader and every reply tree it yields goes through
- * dify_gcra_parse_reply(); an accepted reply must satisfy the
+ * dify_gcra_parse_reply(), and, as a batch's reply, through
+ * dify_gcra_parse_group(); an accepted reply must satisfy the
  * invariants the header fields rely on, and is formatted into buffers
  * of every size.  The same bytes are also a rate string for
  * dify_gcra_parse_rate(), and, when long enough, the state and limit
@@ -125,6 +126,9 @@ dify_fuzz_result(const dify_gcra_result_t *res)
 }
 
 
+static void dify_fuzz_batch(void *reply, const uint8_t *data, size_t size);
+
+
 static void
 dify_fuzz_reply(const uint8_t *data, size_t size)
 {
@@ -189,12 +193,68 @@ dify_fuzz_reply(const uint8_t *data, size_t size)
                              == (res2[1].verdict == DIFY_GCRA_BLOCKED));
         }
 
+        dify_fuzz_batch(reply, data, size);
+
         freeReplyObject(reply);
     }
 
     redisReaderFree(reader);
 
     (void) sum;
+}
+
+
+/*
+ * An array reply as a batch's: groups whose ops and sizes come from the
+ * input's own bytes, each parsed from where the previous one ended, as
+ * ngx_http_dify_limit_reply() walks it.
+ */
+
+static void
+dify_fuzz_batch(void *reply, const uint8_t *data, size_t size)
+{
+    int                  op;
+    size_t               i, pos, n, w, k;
+    const char          *err;
+    redisReply          *r;
+    dify_gcra_result_t   res[DIFY_GCRA_MAX_LIMITS];
+    static const char    ops[3] = { DIFY_GCRA_OP_CHARGE, DIFY_GCRA_OP_DEFAULT,
+                                    DIFY_GCRA_OP_REFUND };
+
+    r = reply;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->element == NULL) {
+        return;
+    }
+
+    pos = 0;
+
+    for (i = 0; i + 1 < size && pos < r->elements; i += 2) {
+        op = ops[data[i] % 3];
+        n = 1 + data[i + 1] % DIFY_GCRA_MAX_LIMITS;
+        w = dify_gcra_reply_width(op, n);
+
+        if (pos + w > r->elements) {
+            break;
+        }
+
+        err = NULL;
+
+        if (dify_gcra_parse_group(r->element + pos, op, n, res, &err)
+            == DIFY_REPLY_OK)
+        {
+            if (op != DIFY_GCRA_OP_REFUND) {
+                for (k = 0; k < n; k++) {
+                    dify_fuzz_result(&res[k]);
+                }
+            }
+
+        } else {
+            dify_fuzz_assert(err != NULL && strlen(err) > 0);
+        }
+
+        pos += w;
+    }
 }
 
 
