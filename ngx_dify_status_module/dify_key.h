@@ -23,6 +23,9 @@
  */
 int dify_key_hash(const unsigned char *token, size_t len, char *hex);
 
+/* frees what dify_key_hash() keeps (at a process's exit) */
+void dify_key_cleanup(void);
+
 /* lowercase hex SHA-1, as Redis names a script for EVALSHA */
 int dify_sha1_hex(const unsigned char *data, size_t len, char *hex);
 

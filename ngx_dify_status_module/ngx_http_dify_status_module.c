@@ -72,6 +72,7 @@ static char *ngx_http_dify_token_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_dify_init_process(ngx_cycle_t *cycle);
 static void ngx_http_dify_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_dify_exit_master(ngx_cycle_t *cycle);
 
 
 static ngx_conf_enum_t  ngx_http_dify_document_ids[] = {
@@ -289,7 +290,7 @@ ngx_module_t  ngx_http_dify_status_module = {
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_http_dify_exit_process,            /* exit process */
-    NULL,                                  /* exit master */
+    ngx_http_dify_exit_master,             /* exit master */
     NGX_MODULE_V1_PADDING
 };
 
@@ -1355,4 +1356,13 @@ ngx_http_dify_exit_process(ngx_cycle_t *cycle)
     ngx_http_dify_redis_exit_process(cycle, mcf);
 
     ngx_http_dify_log_exit_process(cycle);
+
+    dify_key_cleanup();
+}
+
+
+static void
+ngx_http_dify_exit_master(ngx_cycle_t *cycle)
+{
+    dify_key_cleanup();
 }
