@@ -461,3 +461,79 @@ dify_redis_switch_master(const char *s, size_t len, const char *name,
 
     return 0;
 }
+
+
+static size_t
+dify_redis_digits(size_t n)
+{
+    size_t  d;
+
+    for (d = 1; n >= 10; d++) {
+        n /= 10;
+    }
+
+    return d;
+}
+
+
+static char *
+dify_redis_put_count(char *p, char type, size_t n)
+{
+    size_t  d, i;
+
+    d = dify_redis_digits(n);
+
+    *p++ = type;
+
+    for (i = d; i > 0; i--) {
+        p[i - 1] = (char) ('0' + n % 10);
+        n /= 10;
+    }
+
+    p += d;
+    *p++ = '\r';
+    *p++ = '\n';
+
+    return p;
+}
+
+
+size_t
+dify_redis_format_len(int argc, const size_t *argvlen)
+{
+    int     i;
+    size_t  len;
+
+    len = 1 + dify_redis_digits((size_t) argc) + 2;
+
+    for (i = 0; i < argc; i++) {
+        len += 1 + dify_redis_digits(argvlen[i]) + 2 + argvlen[i] + 2;
+    }
+
+    return len;
+}
+
+
+size_t
+dify_redis_format(char *buf, int argc, const char **argv,
+    const size_t *argvlen)
+{
+    int    i;
+    char  *p;
+
+    p = dify_redis_put_count(buf, '*', (size_t) argc);
+
+    for (i = 0; i < argc; i++) {
+        p = dify_redis_put_count(p, '$', argvlen[i]);
+
+        if (argvlen[i]) {
+            memcpy(p, argv[i], argvlen[i]);
+            p += argvlen[i];
+        }
+
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+
+    return (size_t) (p - buf);
+}

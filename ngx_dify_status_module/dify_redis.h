@@ -45,6 +45,15 @@ int dify_redis_parse_addr(const char *s, size_t len, dify_redis_addr_t *addr,
     const char **err);
 
 
+/*
+ * A command in RESP, as redisFormatCommandArgv() writes it ("*N\r\n",
+ * then "$LEN\r\nDATA\r\n" per argument) but without printf: the bytes
+ * dify_redis_format_len() counts, into buf; returns their number.
+ */
+size_t dify_redis_format_len(int argc, const size_t *argvlen);
+size_t dify_redis_format(char *buf, int argc, const char **argv,
+    const size_t *argvlen);
+
 /* the classes of error replies the module tells apart */
 typedef enum {
     DIFY_REDIS_ERR_NONE = 0,            /* not an error reply */

@@ -1180,25 +1180,27 @@ static ngx_http_dify_redis_cmd_t *
 ngx_http_dify_redis_cmd_create(ngx_http_dify_redis_conn_t *rc, int argc,
     const char **argv, const size_t *argvlen)
 {
-    int                         len;
     char                       *bytes;
+    size_t                      len;
     ngx_http_dify_redis_cmd_t  *cmd;
 
     bytes = NULL;
     len = 0;
 
     if (argc > 0) {
-        len = redisFormatCommandArgv(&bytes, argc, argv, argvlen);
-        if (len < 0) {
-            ngx_log_error(NGX_LOG_ERR, rc->log, 0,
-                          "redisFormatCommandArgv() failed");
+        /* the RESP bytes, formatted without printf: a batch has many */
+
+        bytes = ngx_alloc(dify_redis_format_len(argc, argvlen), rc->log);
+        if (bytes == NULL) {
             return NULL;
         }
+
+        len = dify_redis_format(bytes, argc, argv, argvlen);
     }
 
     cmd = ngx_calloc(sizeof(ngx_http_dify_redis_cmd_t), rc->log);
     if (cmd == NULL) {
-        free(bytes);
+        ngx_free(bytes);
         return NULL;
     }
 
@@ -1236,7 +1238,7 @@ ngx_http_dify_redis_cmd_free(ngx_http_dify_redis_cmd_t *cmd)
         cmd->conn->expiring = NULL;
     }
 
-    free(cmd->bytes);
+    ngx_free(cmd->bytes);
     ngx_free(cmd);
 }
 

@@ -388,11 +388,70 @@ test_switch_master(void **state)
 }
 
 
+/*
+ * The RESP encoder gives the bytes of hiredis's redisFormatCommandArgv(),
+ * for arguments of every length around a change of digits, empty and
+ * binary ones, and many arguments (a batch).
+ */
+
+static void
+test_format(void **state)
+{
+    int           i, k, argc, hlen;
+    char         *h, *mine, *data;
+    size_t        len, argvlen[1200];
+    unsigned      seed;
+    const char   *argv[1200];
+    static const size_t  lens[] = { 0, 1, 9, 10, 11, 99, 100, 101, 999,
+                                    1000, 65536 };
+
+    (void) state;
+
+    data = malloc(65536 + 64);
+    assert_non_null(data);
+
+    for (i = 0; i < 65536 + 64; i++) {
+        data[i] = (char) (i * 131 + 7);         /* NUL and CR LF included */
+    }
+
+    seed = 12345;
+
+    for (k = 0; k < 300; k++) {
+        argc = 1 + (k < 11 ? 0 : (int) ((seed = seed * 1103515245 + 12345)
+                                        >> 16) % 1200);
+
+        for (i = 0; i < argc; i++) {
+            seed = seed * 1103515245 + 12345;
+            argvlen[i] = (k < 11) ? lens[k]
+                                  : lens[(seed >> 16) % 10] + (seed >> 28) % 3;
+            argv[i] = data + (seed >> 8) % 32;
+        }
+
+        hlen = redisFormatCommandArgv(&h, argc, argv, argvlen);
+        assert_true(hlen > 0);
+
+        len = dify_redis_format_len(argc, argvlen);
+        assert_int_equal(len, (size_t) hlen);
+
+        mine = malloc(len);
+        assert_non_null(mine);
+        assert_int_equal(dify_redis_format(mine, argc, argv, argvlen), len);
+        assert_memory_equal(mine, h, len);
+
+        free(mine);
+        free(h);
+    }
+
+    free(data);
+}
+
+
 int
 main(void)
 {
     const struct CMUnitTest  tests[] = {
         cmocka_unit_test(test_addresses),
+        cmocka_unit_test(test_format),
         cmocka_unit_test(test_embedded_nul),
         cmocka_unit_test(test_error_classes),
         cmocka_unit_test(test_sentinel_master),
