@@ -540,7 +540,6 @@ dify_reply_rc_e
 dify_gcra_parse_replies(const redisReply *reply, dify_gcra_result_t *res,
     size_t n, const char **err, size_t *err_len)
 {
-    size_t            i, blocked;
     const char       *e;
     dify_reply_rc_e   rc;
 
@@ -588,28 +587,13 @@ dify_gcra_parse_replies(const redisReply *reply, dify_gcra_result_t *res,
         goto failed;
     }
 
-    blocked = 0;
-
-    for (i = 0; i < n; i++) {
-        if (dify_gcra_parse_one(reply->element + 7 * i, &res[i], &e)
-            != DIFY_REPLY_OK)
-        {
-            goto failed;
-        }
-
-        blocked += (res[i].verdict == DIFY_GCRA_BLOCKED);
-    }
-
-    /* "blocked" is the key's, for every limit */
-
-    if (blocked != 0 && blocked != n) {
-        e = "reply has a key blocked for some limits only";
-        goto failed;
-    }
-
     /* charged, all allowed; not charged: the allowed ones owe what they did */
 
-    return DIFY_REPLY_OK;
+    if (dify_gcra_parse_group(reply->element, DIFY_GCRA_OP_CHARGE, n, res, &e)
+        == DIFY_REPLY_OK)
+    {
+        return DIFY_REPLY_OK;
+    }
 
 failed:
 
@@ -667,6 +651,8 @@ dify_gcra_parse_group(redisReply **element, int op, size_t n,
 
         blocked += (res[i].verdict == DIFY_GCRA_BLOCKED);
     }
+
+    /* "blocked" is the key's, for every limit */
 
     if (blocked != 0 && blocked != n) {
         e = "reply has a key blocked for some limits only";
