@@ -75,9 +75,9 @@ sub script_calls {
     return $n;
 }
 
-# every request's bytes but the last sent first, then the last bytes of
-# all of them in one burst: they reach the worker together
-sub burst {
+# every request's bytes but the last, sent on a connection of its own
+# (to nginx $t): the connections and the bytes left
+sub pending {
     my ($t, @keys) = @_;
     my (@c, @last);
     for my $k (@keys) {
@@ -87,15 +87,24 @@ sub burst {
         push @c, $c;
         push @last, substr($bytes, -1);
     }
+    return (\@c, \@last);
+}
+
+sub answer {
+    my ($c) = @_;
+    my $res = eval { $c->read_response(timeout => DifyTest::timeout(10)) };
+    $c->close;
+    return $res // { status => 0, headers => {} };
+}
+
+# then the last bytes of all of them in one burst: they reach the worker
+# together
+sub burst {
+    my ($t, @keys) = @_;
+    my ($c, $last) = pending($t, @keys);
     sleep 0.05;
-    $c[$_]->send($last[$_]) for 0 .. $#c;
-    my @r;
-    for my $c (@c) {
-        my $res = eval { $c->read_response(timeout => DifyTest::timeout(10)) };
-        $c->close;
-        push @r, $res // { status => 0, headers => {} };
-    }
-    return @r;
+    $c->[$_]->send($last->[$_]) for 0 .. $#$c;
+    return map { answer($_) } @$c;
 }
 
 sub tally {
@@ -200,28 +209,13 @@ subtest 'an override changed by hand: in force at once, in a batch' => sub {
 };
 
 subtest 'clients that leave while their group waits' => sub {
-    my @keys = map { fresh_key('gone') } 1 .. $N;
-    my (@c, @last);
-    for my $k (@keys) {
-        my $bytes = patch_bytes($k);
-        my $c = $t->connect;
-        $c->send(substr($bytes, 0, -1));
-        push @c, $c;
-        push @last, substr($bytes, -1);
-    }
+    my ($c, $last) = pending($t, map { fresh_key('gone') } 1 .. $N);
     # Redis paused: the calls stay in flight while half the clients go
     $t->redis('CLIENT', 'PAUSE', int(300 * ($VG ? DifyTest::slow() : 1)),
               'ALL');
-    $c[$_]->send($last[$_]) for 0 .. $#c;
-    $c[$_]->close for grep { $_ % 2 } 0 .. $#c;
-    my @r;
-    for my $i (grep { !($_ % 2) } 0 .. $#c) {
-        my $res = eval {
-            $c[$i]->read_response(timeout => DifyTest::timeout(10))
-        };
-        $c[$i]->close;
-        push @r, $res // { status => 0 };
-    }
+    $c->[$_]->send($last->[$_]) for 0 .. $#$c;
+    $c->[$_]->close for grep { $_ % 2 } 0 .. $#$c;
+    my @r = map { answer($c->[$_]) } grep { !($_ % 2) } 0 .. $#$c;
     is tally(map { $_->{status} } @r), '200 x' . scalar(@r),
         'the clients that stayed are answered';
     my $r = patch($t, fresh_key('after'));
@@ -246,24 +240,16 @@ subtest 'two workers, two nginx: exact' => sub {
     }
     my @k = map { fresh_key('two') } 1 .. 4;
     # each key 8 times through each nginx, all at once: 10 of 16 pass
-    my (@c, @last, @who);
-    for my $tt ($t1, $t2) {
-        for my $k ((@k) x 8) {
-            my $bytes = patch_bytes($k);
-            my $c = $tt->connect;
-            $c->send(substr($bytes, 0, -1));
-            push @c, $c;
-            push @last, substr($bytes, -1);
-            push @who, $k;
-        }
-    }
+    my @who = ((@k) x 16);
+    my ($c1, $l1) = pending($t1, (@k) x 8);
+    my ($c2, $l2) = pending($t2, (@k) x 8);
+    my @c = (@$c1, @$c2);
+    my @last = (@$l1, @$l2);
     sleep 0.05;
     $c[$_]->send($last[$_]) for 0 .. $#c;
     my %pass;
     for my $i (0 .. $#c) {
-        my $res = eval { $c[$i]->read_response(timeout => DifyTest::timeout(10)) };
-        $c[$i]->close;
-        $pass{ $who[$i] }++ if $res && $res->{status} == 200;
+        $pass{ $who[$i] }++ if answer($c[$i])->{status} == 200;
     }
     is join(' ', map { $pass{$_} // 0 } @k), '10 10 10 10',
         'each key: exactly 10 of 16 over both nginx';
