@@ -272,7 +272,7 @@ ngx_http_dify_redis_req_t *ngx_http_dify_redis_eval_slot(
 /* in a Cluster: the node that serves slot in the map, or NGX_ERROR */
 ngx_int_t ngx_http_dify_redis_node(ngx_http_dify_redis_t *rs,
     ngx_uint_t slot);
-/* an error reply that says the map was stale: read it again */
+/* an error reply to a node's batch that says the map was stale */
 ngx_uint_t ngx_http_dify_redis_stale(ngx_http_dify_redis_t *rs,
     redisReply *reply);
 /* the caller has gone (client abort): its handler will not be called */

@@ -17,8 +17,14 @@
  *
  * The script calls of one event-loop pass are one: a group waits in the
  * worker's batch until the pass posts its flush, which sends every group
- * waiting as one EVALSHA, decided by Redis in order (a Cluster, where a
- * command's keys share one slot, gets one call per group).  No request
+ * waiting as one EVALSHA, decided by Redis in order.  In a Cluster,
+ * where a command's declared keys share one slot, the groups of the
+ * slots one node serves (as the worker's map has it) are one call with
+ * numkeys 0, their keys among the arguments; a group alone for its node
+ * or of a slot unknown is a call of its own, keys declared; a node's
+ * call that meets a key the node does not serve (its slot moved) fails
+ * having written nothing, and its groups go again one by one, keys
+ * declared, following MOVED and ASK.  No request
  * waits for a timer or for a batch to fill: the flush is posted by the
  * first group of a pass and runs before the worker sleeps again.
  *

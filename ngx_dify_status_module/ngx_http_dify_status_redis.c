@@ -381,7 +381,7 @@ ngx_http_dify_redis_node(ngx_http_dify_redis_t *rs, ngx_uint_t slot)
  * ran while the node saw the cluster down) fails as a whole, having
  * written nothing: "Script attempted to access a non local key in a
  * cluster node", "Script attempted to execute a command while the
- * cluster is down".  The map is read again.
+ * cluster is down".
  */
 
 ngx_uint_t
@@ -389,19 +389,13 @@ ngx_http_dify_redis_stale(ngx_http_dify_redis_t *rs, redisReply *reply)
 {
     static u_char  word[] = "Script attempted to ";
 
-    if (rs == NULL || rs->cluster == NULL || reply == NULL
-        || reply->type != REDIS_REPLY_ERROR || reply->str == NULL
-        || ngx_strlcasestrn((u_char *) reply->str,
-                            (u_char *) reply->str + ngx_min(reply->len, 64),
-                            word, sizeof(word) - 2)
-           == NULL)
-    {
-        return 0;
-    }
-
-    ngx_http_dify_cluster_stale(rs->cluster);
-
-    return 1;
+    return rs != NULL && rs->cluster != NULL && reply != NULL
+           && reply->type == REDIS_REPLY_ERROR && reply->str != NULL
+           && ngx_strlcasestrn((u_char *) reply->str,
+                               (u_char *) reply->str
+                               + ngx_min(reply->len, 64),
+                               word, sizeof(word) - 2)
+              != NULL;
 }
 
 
@@ -537,11 +531,17 @@ ngx_http_dify_redis_reply(redisReply *reply, void *data)
         }
     }
 
-    /* a stale map, for a node's batch: its caller sends it again */
+    /*
+     * A node's batch on a stale map: the map is read again (as after a
+     * MOVED), and the caller sends each of its groups again; not an
+     * error of Redis.
+     */
 
-    if (reply != NULL && reply->type == REDIS_REPLY_ERROR
-        && !(req->undeclared && ngx_http_dify_redis_stale(req->rs, reply)))
-    {
+    if (req->undeclared && ngx_http_dify_redis_stale(req->rs, reply)) {
+        ngx_http_dify_cluster_stale(req->rs->cluster);
+
+    } else if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+
         if (req->rs->sentinel != NULL
             && dify_redis_error_class(reply->str, reply->len)
                == DIFY_REDIS_ERR_READONLY)
