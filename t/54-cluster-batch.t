@@ -455,6 +455,55 @@ subtest 'a slot migrated for good under a stale map: split, MOVED, exact'
 };
 
 
+# clients that leave while their groups wait in a batch, in a node's
+# call, or in a split group's retries (TRYAGAIN on the target): the
+# others are answered, and the worker frees what it held (the teardown
+# checks the sanitizers' reports)
+subtest 'clients gone while batched, in flight or split' => sub {
+    my ($src, $dst) = @P[1, 2];
+    my ($k) = tokens_on($src, 1, 'gone');
+    my @others = tokens_on($src, 48, 'go');
+    my $slot = slot_of($k);
+
+    is rcmd($dst, 'CLUSTER', 'SETSLOT', $slot, 'IMPORTING', node_id($src)),
+       'OK', "slot $slot importing on $dst";
+    is rcmd($src, 'CLUSTER', 'SETSLOT', $slot, 'MIGRATING', node_id($dst)),
+       'OK', "slot $slot migrating on $src";
+
+    my @reqs;
+    for my $i (0 .. 47) {
+        push @reqs, [ $k, '/b/v1' ] if $i % 4 == 1;
+        push @reqs, [ $others[$i], '/h/v1' ];
+    }
+    my ($t0, @c) = @{ burst_send(\@reqs) };
+
+    # every other connection closes at once, the key's half after 0.2 s
+    my (@keep, @kreq);
+    for my $i (0 .. $#c) {
+        if ($i % 2 == 0) {
+            push @keep, $c[$i];
+            push @kreq, $reqs[$i];
+        } elsif ($reqs[$i][0] ne $k) {
+            $c[$i]->close;
+        }
+    }
+    sleep 0.2;
+    $c[$_]->close for grep { $_ % 2 && $reqs[$_][0] eq $k } 0 .. $#c;
+    sleep 0.3;
+    end_migration($slot, $src, $dst);
+
+    my @r = burst_read([ $t0, @keep ]);
+    my @bad = grep { $r[$_]{status} != 200
+                     && !($kreq[$_][0] eq $k && $r[$_]{status} == 429) }
+              0 .. $#r;
+    is scalar(@bad), 0, 'those who stayed: 200, or 429 for the key'
+        or diag tally(map { $_->{status} } @r);
+
+    my @s = burst([ map { [ $_, '/h/v1' ] } tokens_on($src, 6, 'ga') ]);
+    is tally(map { $_->{status} } @s), '200:6', 'nginx answers as before';
+};
+
+
 subtest 'nothing logged per request, no fallback' => sub {
     my $log = $t->error_log_since(0) // '';
     my @err = grep { /\[(?:error|crit|alert|emerg)\]/ && !/: 429 too_many/ }
