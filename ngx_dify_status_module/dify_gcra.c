@@ -77,6 +77,11 @@ static uint64_t dify_gcra_ceil_sec(uint64_t us);
  * when one EXISTS of them all finds one: most keys have none, and a
  * key that has one is a "c" group, read on every call.  Either way every
  * group is decided under its override as it is when the call runs.
+ * With numkeys 0 (a Redis Cluster node's batch, keys of several slots),
+ * each inner command must name keys of one slot: the states are read
+ * with one MGET per override key (one hash tag), and the "d" overrides
+ * with one EXISTS each.  Every write comes after every read, so a key
+ * the node does not serve fails the call before it writes.
  *
  * A state is "TAT.IIIIIIIIIII": the TAT, a point, and the interval in
  * 11 digits (86400000000 at most), so that a node of the version before
