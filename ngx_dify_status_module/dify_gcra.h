@@ -101,7 +101,12 @@ typedef enum {
  * descriptor, in the same order, and the values after them: a Redis
  * Cluster node, which takes undeclared keys of several slots in a script
  * (Redis 7.0, without a shebang) as long as it serves them all, decides
- * the groups of every slot it serves in one call.
+ * the groups of every slot it serves in one call.  Every command a
+ * script runs there must still name keys of one slot (an MGET across
+ * slots fails as "non local key"): the reads are then one MGET per
+ * key's hash tag and one EXISTS per "d" group's override.  A key of a
+ * slot the node does not serve (moved, or being migrated and absent)
+ * fails the whole call before anything is written.
  * The time is Redis's own (TIME), one for the whole batch.  The override
  * hash has the fields "rate" and "burst" of the limit "default",
  * "NAME.rate" and "NAME.burst" of the limit NAME ("N r/s", "N r/m",

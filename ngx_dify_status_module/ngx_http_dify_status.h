@@ -259,6 +259,22 @@ ngx_http_dify_redis_req_t *ngx_http_dify_redis_eval(
     ngx_http_dify_redis_t *rs, ngx_http_dify_redis_script_t *script,
     ngx_http_dify_redis_pt handler, void *data, ngx_msec_t timeout,
     int argc, const char **argv, const size_t *argvlen);
+/*
+ * The same with numkeys 0 (the keys in the arguments), in a Cluster:
+ * routed to the node of slot, and never redirected (an undeclared key
+ * the node does not serve fails the script: "non local key").
+ */
+ngx_http_dify_redis_req_t *ngx_http_dify_redis_eval_slot(
+    ngx_http_dify_redis_t *rs, ngx_uint_t slot,
+    ngx_http_dify_redis_script_t *script, ngx_http_dify_redis_pt handler,
+    void *data, ngx_msec_t timeout, int argc, const char **argv,
+    const size_t *argvlen);
+/* in a Cluster: the node that serves slot in the map, or NGX_ERROR */
+ngx_int_t ngx_http_dify_redis_node(ngx_http_dify_redis_t *rs,
+    ngx_uint_t slot);
+/* an error reply to a node's batch that says the map was stale */
+ngx_uint_t ngx_http_dify_redis_stale(ngx_http_dify_redis_t *rs,
+    redisReply *reply);
 /* the caller has gone (client abort): its handler will not be called */
 void ngx_http_dify_redis_cancel(ngx_http_dify_redis_req_t *req);
 ngx_uint_t ngx_http_dify_redis_batches(ngx_http_dify_redis_t *rs);
@@ -297,6 +313,11 @@ ngx_http_dify_cluster_cmd_t *ngx_http_dify_cluster_send(
     ngx_http_dify_redis_pt handler, void *data, ngx_msec_t timeout,
     int argc, const char **argv, const size_t *argvlen);
 void ngx_http_dify_cluster_cancel(ngx_http_dify_cluster_cmd_t *ccmd);
+/* the node serving slot in the worker's map, or NGX_ERROR: unknown */
+ngx_int_t ngx_http_dify_cluster_slot_node(ngx_http_dify_cluster_t *cl,
+    ngx_uint_t slot);
+/* the map is stale: read it again (no more often than a MOVED does) */
+void ngx_http_dify_cluster_stale(ngx_http_dify_cluster_t *cl);
 ngx_http_dify_redis_cmd_t *ngx_http_dify_cluster_last(
     ngx_http_dify_cluster_cmd_t *ccmd, ngx_http_dify_redis_conn_t **conn);
 
@@ -320,6 +341,7 @@ typedef enum {
     NGX_HTTP_DIFY_M_REDIS_TOPOLOGY_REFRESHES,   /* Sentinel, Cluster */
     NGX_HTTP_DIFY_M_REDIS_FAILOVERS,    /* primaries replaced */
     NGX_HTTP_DIFY_M_REDIS_DECISIONS,    /* groups decided by the script */
+    NGX_HTTP_DIFY_M_REDIS_CLUSTER_SPLITS, /* node batches sent again */
     NGX_HTTP_DIFY_M_FALLBACK_ALLOW,
     NGX_HTTP_DIFY_M_FALLBACK_DENY,
     NGX_HTTP_DIFY_M_FALLBACK_LOCAL_PASSED,

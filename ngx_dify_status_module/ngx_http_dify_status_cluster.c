@@ -291,6 +291,34 @@ ngx_http_dify_cluster_cancel(ngx_http_dify_cluster_cmd_t *ccmd)
 
 
 /*
+ * The node serving slot in the map, for a caller that puts the commands
+ * of one node together; NGX_ERROR when the map does not know.
+ */
+
+ngx_int_t
+ngx_http_dify_cluster_slot_node(ngx_http_dify_cluster_t *cl,
+    ngx_uint_t slot)
+{
+    ngx_uint_t  n;
+
+    n = cl->slots[slot & (DIFY_CLUSTER_SLOTS - 1)];
+
+    if (n == NGX_HTTP_DIFY_CLUSTER_NONE) {
+        return NGX_ERROR;
+    }
+
+    return n;
+}
+
+
+void
+ngx_http_dify_cluster_stale(ngx_http_dify_cluster_t *cl)
+{
+    ngx_http_dify_cluster_refresh(cl);
+}
+
+
+/*
  * In the handler: the transport's command the reply came with (for its
  * epoch and what is left of its time), and the connection; NULL when
  * no reply came

@@ -17,8 +17,14 @@
  *
  * The script calls of one event-loop pass are one: a group waits in the
  * worker's batch until the pass posts its flush, which sends every group
- * waiting as one EVALSHA, decided by Redis in order (a Cluster, where a
- * command's keys share one slot, gets one call per group).  No request
+ * waiting as one EVALSHA, decided by Redis in order.  In a Cluster,
+ * where a command's declared keys share one slot, the groups of the
+ * slots one node serves (as the worker's map has it) are one call with
+ * numkeys 0, their keys among the arguments; a group alone for its node
+ * or of a slot unknown is a call of its own, keys declared; a node's
+ * call that meets a key the node does not serve (its slot moved) fails
+ * having written nothing, and its groups go again one by one, keys
+ * declared, following MOVED and ASK.  No request
  * waits for a timer or for a batch to fill: the flush is posted by the
  * first group of a pass and runs before the worker sleeps again.
  *
@@ -123,6 +129,8 @@ typedef struct {
     ngx_uint_t                   part;          /* of call */
     ngx_queue_t                  queue;         /* in the batch */
     ngx_msec_t                   sent;
+    ngx_int_t                    node;          /* Cluster: its slot's */
+    ngx_uint_t                   slot;
     ngx_uint_t                   by;            /* NGX_HTTP_DIFY_BY_* */
     ngx_uint_t                   op;            /* DIFY_GCRA_OP_* */
     ngx_uint_t                   n;
@@ -145,6 +153,9 @@ typedef struct {
 struct ngx_http_dify_limit_call_s {
     ngx_queue_t                  queue;         /* in the batch's calls */
     ngx_http_dify_redis_req_t   *req;
+    ngx_msec_t                   sent;
+    ngx_msec_t                   timeout;
+    ngx_uint_t                   undeclared;    /* a Cluster node's */
     ngx_uint_t                   n;
     ngx_uint_t                   left;          /* groups still waiting */
     ngx_http_dify_limit_part_t   part[1];       /* n */
@@ -176,11 +187,13 @@ static ngx_int_t ngx_http_dify_limit_items(ngx_http_request_t *r,
 static void ngx_http_dify_limit_queue(ngx_http_dify_limit_group_t *g);
 static void ngx_http_dify_limit_flush(ngx_event_t *ev);
 static ngx_int_t ngx_http_dify_limit_send(ngx_http_dify_limit_group_t **gs,
-    ngx_uint_t n, ngx_uint_t refund);
+    ngx_uint_t n, ngx_uint_t refund, ngx_uint_t undeclared,
+    ngx_msec_t timeout);
 static size_t ngx_http_dify_limit_args(ngx_http_dify_limit_group_t **gs,
-    ngx_uint_t n, ngx_uint_t refund, u_char *p, const char **argv,
-    size_t *argvlen);
+    ngx_uint_t n, ngx_uint_t refund, ngx_uint_t undeclared, u_char *p,
+    const char **argv, size_t *argvlen);
 static void ngx_http_dify_limit_reply(redisReply *reply, void *data);
+static void ngx_http_dify_limit_split(ngx_http_dify_limit_call_t *call);
 static void ngx_http_dify_limit_group_reply(ngx_http_dify_limit_group_t *g,
     redisReply **element, ngx_uint_t *logged);
 static void ngx_http_dify_limit_group_done(ngx_http_dify_limit_group_t *g);
@@ -286,7 +299,7 @@ ngx_http_dify_limit_start(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
     }
 
     mcf = ngx_http_get_module_main_conf(r, ngx_http_dify_status_module);
-    batches = ngx_http_dify_redis_batches(mcf->rs);
+    batches = (mcf->rs != NULL);
 
     for (i = 0; i < lm->ngroups; i++) {
         g = &lm->groups[i];
@@ -306,7 +319,7 @@ ngx_http_dify_limit_start(ngx_http_request_t *r, ngx_http_dify_ctx_t *ctx)
             continue;
         }
 
-        if (ngx_http_dify_limit_send(&g, 1, 0) == NGX_OK) {
+        if (ngx_http_dify_limit_send(&g, 1, 0, 0, 0) == NGX_OK) {
             lm->pending++;
             continue;
         }
@@ -434,29 +447,85 @@ ngx_http_dify_limit_flush(ngx_event_t *ev)
 {
     ngx_http_dify_limit_batch_t *b = ev->data;
 
-    ngx_uint_t                    i, n;
-    ngx_queue_t                  *q;
-    ngx_http_dify_limit_group_t  *g, *gs[NGX_HTTP_DIFY_BATCH_MAX];
+    ngx_uint_t                    i, n, cluster;
+    ngx_queue_t                  *q, *next;
+    ngx_http_dify_main_conf_t    *mcf;
+    ngx_http_dify_limit_group_t  *g, *h, *gs[NGX_HTTP_DIFY_BATCH_MAX];
+
+    mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                              ngx_http_dify_status_module);
+
+    cluster = !ngx_http_dify_redis_batches(mcf->rs);
+
+    if (cluster) {
+        /* the node of each group's slot, as the worker's map has it */
+
+        for (q = ngx_queue_head(&b->groups);
+             q != ngx_queue_sentinel(&b->groups);
+             q = ngx_queue_next(q))
+        {
+            g = ngx_queue_data(q, ngx_http_dify_limit_group_t, queue);
+
+            g->slot = dify_cluster_keyslot(
+                          (const char *) g->lm->items[g->item[0]].hash,
+                          DIFY_KEY_HASH_LEN);
+            g->node = ngx_http_dify_redis_node(mcf->rs, g->slot);
+        }
+    }
 
     while (!ngx_queue_empty(&b->groups)) {
 
-        for (n = 0; n < NGX_HTTP_DIFY_BATCH_MAX; n++) {
-            if (ngx_queue_empty(&b->groups)) {
-                break;
+        q = ngx_queue_head(&b->groups);
+        ngx_queue_remove(q);
+
+        g = ngx_queue_data(q, ngx_http_dify_limit_group_t, queue);
+        g->queued = 0;
+        gs[0] = g;
+        n = 1;
+
+        if (!cluster) {
+            while (n < NGX_HTTP_DIFY_BATCH_MAX
+                   && !ngx_queue_empty(&b->groups))
+            {
+                q = ngx_queue_head(&b->groups);
+                ngx_queue_remove(q);
+
+                g = ngx_queue_data(q, ngx_http_dify_limit_group_t, queue);
+                g->queued = 0;
+                gs[n++] = g;
             }
 
-            q = ngx_queue_head(&b->groups);
-            ngx_queue_remove(q);
+        } else if (g->node != NGX_ERROR) {
 
-            g = ngx_queue_data(q, ngx_http_dify_limit_group_t, queue);
-            g->queued = 0;
-            gs[n] = g;
+            /*
+             * The groups of the slots the same node serves, in order (the
+             * groups of one key share its slot); a slot unknown goes
+             * alone, redirected as the node says.
+             */
+
+            for (q = ngx_queue_head(&b->groups);
+                 q != ngx_queue_sentinel(&b->groups)
+                 && n < NGX_HTTP_DIFY_BATCH_MAX;
+                 q = next)
+            {
+                next = ngx_queue_next(q);
+
+                h = ngx_queue_data(q, ngx_http_dify_limit_group_t, queue);
+
+                if (h->node == g->node) {
+                    ngx_queue_remove(q);
+                    h->queued = 0;
+                    gs[n++] = h;
+                }
+            }
         }
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
                        "dify_status limit: %ui groups in one call", n);
 
-        if (ngx_http_dify_limit_send(gs, n, 0) == NGX_OK) {
+        if (ngx_http_dify_limit_send(gs, n, 0, cluster && n > 1, 0)
+            == NGX_OK)
+        {
             continue;
         }
 
@@ -480,7 +549,7 @@ ngx_http_dify_limit_flush(ngx_event_t *ev)
 
 static ngx_int_t
 ngx_http_dify_limit_send(ngx_http_dify_limit_group_t **gs, ngx_uint_t n,
-    ngx_uint_t refund)
+    ngx_uint_t refund, ngx_uint_t undeclared, ngx_msec_t timeout)
 {
     u_char                       *buf;
     size_t                        size, nargs, *argvlen;
@@ -494,6 +563,10 @@ ngx_http_dify_limit_send(ngx_http_dify_limit_group_t **gs, ngx_uint_t n,
 
     mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
                                               ngx_http_dify_status_module);
+
+    if (timeout == 0) {
+        timeout = mcf->redis->timeout;
+    }
 
     size = NGX_INT_T_LEN;
     nargs = 2;
@@ -517,7 +590,7 @@ ngx_http_dify_limit_send(ngx_http_dify_limit_group_t **gs, ngx_uint_t n,
     argv = (const char **) buf;
     argvlen = (size_t *) (argv + nargs);
 
-    argc = ngx_http_dify_limit_args(gs, n, refund,
+    argc = ngx_http_dify_limit_args(gs, n, refund, undeclared,
                                     (u_char *) (argvlen + nargs), argv,
                                     argvlen);
 
@@ -535,11 +608,21 @@ ngx_http_dify_limit_send(ngx_http_dify_limit_group_t **gs, ngx_uint_t n,
 
     /* the Redis connection times the command from when it is written */
 
-    req = ngx_http_dify_redis_eval(mcf->rs, mcf->script,
-                                   refund ? ngx_http_dify_limit_refunded
-                                          : ngx_http_dify_limit_reply,
-                                   call, mcf->redis->timeout, argc, argv,
-                                   argvlen);
+    if (undeclared) {
+        /* a Cluster node's batch: to the node of the first group's slot */
+
+        req = ngx_http_dify_redis_eval_slot(mcf->rs, gs[0]->slot,
+                                            mcf->script,
+                                            ngx_http_dify_limit_reply,
+                                            call, timeout, argc, argv,
+                                            argvlen);
+
+    } else {
+        req = ngx_http_dify_redis_eval(mcf->rs, mcf->script,
+                                       refund ? ngx_http_dify_limit_refunded
+                                              : ngx_http_dify_limit_reply,
+                                       call, timeout, argc, argv, argvlen);
+    }
 
     /* the command has its own copy of the arguments */
 
@@ -559,6 +642,9 @@ ngx_http_dify_limit_send(ngx_http_dify_limit_group_t **gs, ngx_uint_t n,
     }
 
     call->req = req;
+    call->sent = ngx_current_msec;
+    call->timeout = timeout;
+    call->undeclared = undeclared;
     call->n = n;
     call->left = n;
 
@@ -577,7 +663,7 @@ ngx_http_dify_limit_send(ngx_http_dify_limit_group_t **gs, ngx_uint_t n,
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "dify_status limit: a call of %ui groups, timeout %M ms",
-                   n, mcf->redis->timeout);
+                   n, timeout);
 
     return NGX_OK;
 }
@@ -585,13 +671,15 @@ ngx_http_dify_limit_send(ngx_http_dify_limit_group_t **gs, ngx_uint_t n,
 
 /*
  * The arguments, in the order of dify_gcra.h: numkeys, the keys of every
- * group, the descriptor, the values of every group; from p, which has
- * room enough.  Returns argc.
+ * group, the descriptor, the values of every group; undeclared, "0", the
+ * descriptor, the keys, the values.  From p, which has room enough.
+ * Returns argc.
  */
 
 static size_t
 ngx_http_dify_limit_args(ngx_http_dify_limit_group_t **gs, ngx_uint_t n,
-    ngx_uint_t refund, u_char *p, const char **argv, size_t *argvlen)
+    ngx_uint_t refund, ngx_uint_t undeclared, u_char *p, const char **argv,
+    size_t *argvlen)
 {
     u_char                      *base, *desc;
     size_t                       len, k, v, nkeys;
@@ -608,18 +696,24 @@ ngx_http_dify_limit_args(ngx_http_dify_limit_group_t **gs, ngx_uint_t n,
     }
 
     argv[0] = (const char *) p;
-    p = ngx_sprintf(p, "%uz", nkeys);
+    p = ngx_sprintf(p, "%uz", undeclared ? 0 : nkeys);
     argvlen[0] = p - (u_char *) argv[0];
-
-    k = 1;
-    v = 1 + nkeys;
 
     desc = p;
     p += 2 * n;
 
-    argv[v] = (const char *) desc;
-    argvlen[v] = 2 * n;
-    v++;
+    if (undeclared) {
+        argv[1] = (const char *) desc;
+        argvlen[1] = 2 * n;
+        k = 2;
+
+    } else {
+        argv[1 + nkeys] = (const char *) desc;
+        argvlen[1 + nkeys] = 2 * n;
+        k = 1;
+    }
+
+    v = 2 + nkeys;
 
     for (i = 0; i < n; i++) {
         g = gs[i];
@@ -703,9 +797,20 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
     size_t                        pos, need;
     ngx_uint_t                    i, logged;
     redisReply                  **element;
+    ngx_http_dify_main_conf_t    *mcf;
     ngx_http_dify_limit_group_t  *g;
 
     ngx_queue_remove(&call->queue);
+
+    if (call->undeclared) {
+        mcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                                  ngx_http_dify_status_module);
+
+        if (ngx_http_dify_redis_stale(mcf->rs, reply)) {
+            ngx_http_dify_limit_split(call);
+            return;
+        }
+    }
 
     need = 0;
 
@@ -755,6 +860,52 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
         }
 
         pos += call->part[i].width;
+    }
+
+    ngx_free(call);
+}
+
+
+/*
+ * A Cluster node's batch found a key the node does not serve (its slot
+ * moved, or is being migrated, since the map was read): the script
+ * wrote nothing.  Each group still waiting goes again alone, its keys
+ * declared, so that MOVED and ASK lead it, in what is left of the time.
+ */
+
+static void
+ngx_http_dify_limit_split(ngx_http_dify_limit_call_t *call)
+{
+    ngx_uint_t                    i;
+    ngx_msec_t                    left, elapsed;
+    ngx_http_dify_limit_group_t  *g;
+
+    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_CLUSTER_SPLITS);
+
+    elapsed = ngx_current_msec - call->sent;
+    left = (elapsed < call->timeout) ? call->timeout - elapsed : 0;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "dify_status limit: a node's call of %ui groups split, "
+                   "%M ms left", call->n, left);
+
+    for (i = 0; i < call->n; i++) {
+        g = call->part[i].group;
+
+        if (g == NULL) {
+            continue;
+        }
+
+        g->call = NULL;
+
+        if (left != 0
+            && ngx_http_dify_limit_send(&g, 1, 0, 0, left) == NGX_OK)
+        {
+            continue;
+        }
+
+        ngx_http_dify_limit_fallback(g->lm->ctx->request, g->lm->dlcf, g);
+        ngx_http_dify_limit_group_done(g);
     }
 
     ngx_free(call);
@@ -1019,7 +1170,7 @@ ngx_http_dify_limit_decided(ngx_http_request_t *r,
             }
 
             g->charged = 0;
-            (void) ngx_http_dify_limit_send(&g, 1, 1);
+            (void) ngx_http_dify_limit_send(&g, 1, 1, 0, 0);
 
             /* the answer and the shadows show the states as given back */
 

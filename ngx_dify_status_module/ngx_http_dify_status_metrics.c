@@ -184,7 +184,13 @@ static ngx_http_dify_metrics_family_t  ngx_http_dify_metrics_plain[] = {
     { ngx_string("dify_status_redis_decisions_total"),
       ngx_string("Decisions of the limits of one key for one request "
                  "taken by the script in Redis; one script call decides "
-                 "those of a whole event-loop pass of a worker.") }
+                 "those of a whole event-loop pass of a worker.") },
+
+    { ngx_string("dify_status_redis_cluster_splits_total"),
+      ngx_string("Script calls of a Redis Cluster node's batch (keys "
+                 "not declared) that found a key the node does not "
+                 "serve; their groups are sent again, each with its "
+                 "keys declared, and the slot map read again.") }
 };
 
 

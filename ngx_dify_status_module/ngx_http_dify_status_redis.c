@@ -62,10 +62,16 @@ struct ngx_http_dify_redis_req_s {
     const char                   **argv;        /* argc + 2 */
     size_t                        *argvlen;
     unsigned                       retried:1;
+    unsigned                       undeclared:1; /* numkeys 0, by slot */
     /* followed by argv, argvlen and the arguments' bytes */
 };
 
 
+static ngx_http_dify_redis_req_t *ngx_http_dify_redis_call(
+    ngx_http_dify_redis_t *rs, ngx_uint_t slot, ngx_uint_t undeclared,
+    ngx_http_dify_redis_script_t *script, ngx_http_dify_redis_pt handler,
+    void *data, ngx_msec_t timeout, int argc, const char **argv,
+    const size_t *argvlen);
 static ngx_int_t ngx_http_dify_redis_send(ngx_http_dify_redis_req_t *req,
     ngx_uint_t eval, ngx_msec_t timeout);
 static void ngx_http_dify_redis_reply(redisReply *reply, void *data);
@@ -258,6 +264,40 @@ ngx_http_dify_redis_eval(ngx_http_dify_redis_t *rs,
     void *data, ngx_msec_t timeout, int argc, const char **argv,
     const size_t *argvlen)
 {
+    ngx_uint_t  slot;
+
+    slot = 0;
+
+    /* a Cluster routes by the first key; every key has its slot */
+
+    if (rs != NULL && rs->cluster != NULL
+        && argc > 1 && !(argvlen[0] == 1 && argv[0][0] == '0'))
+    {
+        slot = dify_cluster_keyslot(argv[1], argvlen[1]);
+    }
+
+    return ngx_http_dify_redis_call(rs, slot, 0, script, handler, data,
+                                    timeout, argc, argv, argvlen);
+}
+
+
+ngx_http_dify_redis_req_t *
+ngx_http_dify_redis_eval_slot(ngx_http_dify_redis_t *rs, ngx_uint_t slot,
+    ngx_http_dify_redis_script_t *script, ngx_http_dify_redis_pt handler,
+    void *data, ngx_msec_t timeout, int argc, const char **argv,
+    const size_t *argvlen)
+{
+    return ngx_http_dify_redis_call(rs, slot, 1, script, handler, data,
+                                    timeout, argc, argv, argvlen);
+}
+
+
+static ngx_http_dify_redis_req_t *
+ngx_http_dify_redis_call(ngx_http_dify_redis_t *rs, ngx_uint_t slot,
+    ngx_uint_t undeclared, ngx_http_dify_redis_script_t *script,
+    ngx_http_dify_redis_pt handler, void *data, ngx_msec_t timeout,
+    int argc, const char **argv, const size_t *argvlen)
+{
     int                         i;
     u_char                     *p;
     size_t                      size;
@@ -299,13 +339,8 @@ ngx_http_dify_redis_eval(ngx_http_dify_redis_t *rs,
         p = ngx_cpymem(p, argv[i], argvlen[i]);
     }
 
-    /* a Cluster routes by the first key; every key has its slot */
-
-    if (rs->cluster != NULL
-        && argc > 1 && !(argvlen[0] == 1 && argv[0][0] == '0'))
-    {
-        req->slot = dify_cluster_keyslot(argv[1], argvlen[1]);
-    }
+    req->slot = slot;
+    req->undeclared = undeclared;
 
     if (ngx_http_dify_redis_send(req, 0, timeout) != NGX_OK) {
         ngx_free(req);
@@ -327,6 +362,40 @@ ngx_uint_t
 ngx_http_dify_redis_batches(ngx_http_dify_redis_t *rs)
 {
     return rs != NULL && rs->cluster == NULL;
+}
+
+
+ngx_int_t
+ngx_http_dify_redis_node(ngx_http_dify_redis_t *rs, ngx_uint_t slot)
+{
+    if (rs == NULL || rs->cluster == NULL) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_dify_cluster_slot_node(rs->cluster, slot);
+}
+
+
+/*
+ * A script that touched an undeclared key its node does not serve (or
+ * ran while the node saw the cluster down) fails as a whole, having
+ * written nothing: "Script attempted to access a non local key in a
+ * cluster node", "Script attempted to execute a command while the
+ * cluster is down".
+ */
+
+ngx_uint_t
+ngx_http_dify_redis_stale(ngx_http_dify_redis_t *rs, redisReply *reply)
+{
+    static u_char  word[] = "Script attempted to ";
+
+    return rs != NULL && rs->cluster != NULL && reply != NULL
+           && reply->type == REDIS_REPLY_ERROR && reply->str != NULL
+           && ngx_strlcasestrn((u_char *) reply->str,
+                               (u_char *) reply->str
+                               + ngx_min(reply->len, 64),
+                               word, sizeof(word) - 2)
+              != NULL;
 }
 
 
@@ -462,7 +531,16 @@ ngx_http_dify_redis_reply(redisReply *reply, void *data)
         }
     }
 
-    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+    /*
+     * A node's batch on a stale map: the map is read again (as after a
+     * MOVED), and the caller sends each of its groups again; not an
+     * error of Redis.
+     */
+
+    if (req->undeclared && ngx_http_dify_redis_stale(req->rs, reply)) {
+        ngx_http_dify_cluster_stale(req->rs->cluster);
+
+    } else if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
 
         if (req->rs->sentinel != NULL
             && dify_redis_error_class(reply->str, reply->len)

@@ -31,7 +31,8 @@ my %FAMILIES = (
         redis_error_replies_total fallback_decisions_total
         redis_moved_total redis_ask_total
         redis_topology_refreshes_total redis_failovers_total
-        redis_decisions_total redis_node_commands_total)),
+        redis_decisions_total redis_node_commands_total
+        redis_cluster_splits_total)),
     "${P}redis_rtt_seconds" => 'histogram',
 );
 

@@ -76,6 +76,9 @@ typedef struct {
 
 static test_redis_t  tr;
 
+/* batch_argv() sends numkeys 0, the keys in ARGV (a Cluster node's) */
+static int           tb_undeclared;
+
 
 /* two limits of one key, as test_several() sends them */
 #define TEST_S2  "default 10 1 5 1 day 2 86400 1 1"
@@ -536,7 +539,10 @@ batch_c1(test_batch_t *b, const char *key, const char *okey,
 }
 
 
-/* EVALSHA sha numkeys KEYS... desc ARGV[2...]: argv has the room */
+/*
+ * EVALSHA sha numkeys KEYS... desc ARGV[2...], or with tb_undeclared
+ * EVALSHA sha 0 desc KEYS... ARGV[2...]: argv has the room
+ */
 
 static int
 batch_argv(test_batch_t *b, const char **argv)
@@ -547,6 +553,22 @@ batch_argv(test_batch_t *b, const char **argv)
     argc = 0;
     argv[argc++] = "EVALSHA";
     argv[argc++] = tr.sha;
+
+    if (tb_undeclared && b->nkeys > 0) {
+        argv[argc++] = "0";
+        argv[argc++] = b->desc;
+
+        for (i = 0; i < b->nkeys; i++) {
+            argv[argc++] = b->keys[i];
+        }
+
+        for (i = 0; i < b->nargs; i++) {
+            argv[argc++] = b->args[i];
+        }
+
+        return argc;
+    }
+
     argv[argc++] = batch_str(b, "%zu", b->nkeys);
 
     for (i = 0; i < b->nkeys; i++) {
@@ -2523,6 +2545,162 @@ test_batch_random(void **state)
 }
 
 /*
+ * The same differential with numkeys 0, the keys in ARGV: the reads
+ * are then one MGET per override key's hash tag and one EXISTS per "d"
+ * override (what a Cluster node's batch runs), the decisions the same.
+ */
+
+static void
+test_batch_random_undeclared(void **state)
+{
+    tb_undeclared = 1;
+    test_batch_random(state);
+    tb_undeclared = 0;
+}
+
+
+/*
+ * One batch, sent once with its keys declared and once with numkeys 0,
+ * on two twin key sets (fresh states, the same overrides): the replies
+ * are equal element by element, and so are the states written, relative
+ * to each call's own "now" (a fresh state decides the same at any time).
+ * Several hash tags, the same key in several groups, "c", "d" (with an
+ * override and without) and "r" groups.
+ */
+
+#define TEST_UWATCH  12                     /* 4 tags, 3 states */
+
+static void
+undeclared_batch(test_batch_t *b, const char *set)
+{
+    size_t              g, i;
+    uint64_t            costs[3], ivs[3];
+    const char         *keys[3], *names[3];
+    dify_gcra_limit_t   ls[3];
+    static const char  *tags[] = { "t1", "t2", "t3", "t4" };
+
+    batch_init(b);
+
+    ls[0] = lim(10, 1, 5);
+    ls[1] = lim(100, 60, 20);
+    ls[2] = lim(3, 1, 2);
+    names[0] = "default";
+    names[1] = "x";
+    names[2] = "y";
+
+    for (g = 0; g < 12; g++) {
+        const char  *tag = tags[g % 4];
+        const char  *okey = batch_str(b, "%s:{%s}:limit", set, tag);
+
+        keys[0] = batch_str(b, "%s:{%s}:tat", set, tag);
+        keys[1] = batch_str(b, "%s:{%s}:tat:x", set, tag);
+        keys[2] = batch_str(b, "%s:{%s}:tat:y", set, tag);
+
+        for (i = 0; i < 3; i++) {
+            costs[i] = 1 + (g + i) % 3;
+            ivs[i] = dify_gcra_interval(&ls[i]);
+        }
+
+        if (g % 5 == 4) {
+            batch_r(b, okey, 1 + g % 3, keys, costs, ivs);
+
+        } else if (g % 2) {
+            batch_d(b, okey, 1 + g % 3, keys, names, ls, costs);
+
+        } else {
+            batch_c(b, okey, 1 + g % 3, keys, names, ls, costs);
+        }
+    }
+}
+
+
+static void
+test_batch_undeclared(void **state)
+{
+    size_t              i, j, set;
+    char               *dot;
+    int64_t             tat[2][TEST_UWATCH];
+    long long           pxat[2][TEST_UWATCH];
+    const char         *iv[2][TEST_UWATCH];
+    test_run_t          run[2];
+    test_batch_t       *b[2];
+    const char         *watch[TEST_UWATCH];
+    static const char  *sets[] = { "ua", "ub" };
+    static const char  *suffix[] = { "", ":x", ":y" };
+
+    (void) state;
+
+    if (tr.missing) {
+        skip();
+    }
+
+    for (set = 0; set < 2; set++) {
+        cmd_ok("HSET %s:{t2}:limit x.rate 50/s x.burst 3", sets[set]);
+        cmd_ok("HSET %s:{t3}:limit rate 4r/s", sets[set]);
+
+        b[set] = malloc(sizeof(test_batch_t));
+        assert_non_null(b[set]);
+
+        undeclared_batch(b[set], sets[set]);
+
+        for (i = 0; i < TEST_UWATCH; i++) {
+            watch[i] = batch_str(b[set], "%s:{t%zu}:tat%s", sets[set],
+                                 i / 3 + 1, suffix[i % 3]);
+        }
+
+        tb_undeclared = (int) set;
+        batch_run(b[set], watch, TEST_UWATCH, &run[set]);
+        tb_undeclared = 0;
+
+        for (i = 0; i < TEST_UWATCH; i++) {
+            if (run[set].get[i]->type != REDIS_REPLY_STRING) {
+                tat[set][i] = -1;
+                iv[set][i] = "";
+                pxat[set][i] = run[set].pxat[i];
+                continue;
+            }
+
+            tat[set][i] = strtoll(run[set].get[i]->str, &dot, 10)
+                          - run[set].now;
+            iv[set][i] = dot;
+            pxat[set][i] = run[set].pxat[i] - (run[set].now + 999) / 1000;
+        }
+    }
+
+    assert_int_equal(run[0].reply->elements, run[1].reply->elements);
+
+    for (j = 0; j < run[0].reply->elements; j++) {
+        assert_int_equal(run[0].reply->element[j]->type,
+                         REDIS_REPLY_INTEGER);
+        assert_int_equal(run[1].reply->element[j]->type,
+                         REDIS_REPLY_INTEGER);
+        assert_int_equal(run[0].reply->element[j]->integer,
+                         run[1].reply->element[j]->integer);
+    }
+
+    for (i = 0; i < TEST_UWATCH; i++) {
+        assert_int_equal(tat[0][i], tat[1][i]);
+        assert_string_equal(iv[0][i], iv[1][i]);
+
+        /* PXAT rounds up the absolute TAT: within a millisecond */
+        assert_true(pxat[0][i] - pxat[1][i] <= 1
+                    && pxat[1][i] - pxat[0][i] <= 1);
+    }
+
+    /* the batch charged every tag's default state */
+
+    for (i = 0; i < 4; i++) {
+        assert_true(tat[0][3 * i] > 0);
+    }
+
+    for (set = 0; set < 2; set++) {
+        freeReplyObject(run[set].exec);
+        free(b[set]);
+    }
+}
+
+
+/*
  * "d" decides exactly as "c": the same reply fields, the same states
  * (value and PXAT), on twin keys under twin overrides in one batch;
  * whether the batch's "d" groups have no override at all (the EXISTS
@@ -2943,6 +3121,8 @@ main(void)
         cmocka_unit_test_setup(test_random_agreement, test_setup),
         cmocka_unit_test_setup(test_batch_arguments, test_setup),
         cmocka_unit_test_setup(test_batch_random, test_setup),
+        cmocka_unit_test_setup(test_batch_random_undeclared, test_setup),
+        cmocka_unit_test_setup(test_batch_undeclared, test_setup),
         cmocka_unit_test_setup(test_batch_default, test_setup),
         cmocka_unit_test_setup(test_batch_blocked, test_setup),
         cmocka_unit_test_setup(test_batch_largest, test_setup),
