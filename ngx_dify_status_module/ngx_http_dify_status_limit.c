@@ -193,7 +193,8 @@ static size_t ngx_http_dify_limit_args(ngx_http_dify_limit_group_t **gs,
     ngx_uint_t n, ngx_uint_t refund, ngx_uint_t undeclared, u_char *p,
     const char **argv, size_t *argvlen);
 static void ngx_http_dify_limit_reply(redisReply *reply, void *data);
-static void ngx_http_dify_limit_split(ngx_http_dify_limit_call_t *call);
+static void ngx_http_dify_limit_split(ngx_http_dify_limit_call_t *call,
+    ngx_uint_t stale);
 static void ngx_http_dify_limit_group_reply(ngx_http_dify_limit_group_t *g,
     redisReply **element, ngx_uint_t *logged);
 static void ngx_http_dify_limit_group_done(ngx_http_dify_limit_group_t *g);
@@ -807,7 +808,7 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
                                                   ngx_http_dify_status_module);
 
         if (ngx_http_dify_redis_stale(mcf->rs, reply)) {
-            ngx_http_dify_limit_split(call);
+            ngx_http_dify_limit_split(call, 1);
             return;
         }
     }
@@ -826,7 +827,7 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
                             (u_char *) "WRONGTYPE", sizeof("WRONGTYPE") - 2)
            != NULL)
     {
-        ngx_http_dify_limit_split(call);
+        ngx_http_dify_limit_split(call, 0);
         return;
     }
 
@@ -893,13 +894,13 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
  */
 
 static void
-ngx_http_dify_limit_split(ngx_http_dify_limit_call_t *call)
+ngx_http_dify_limit_split(ngx_http_dify_limit_call_t *call, ngx_uint_t stale)
 {
     ngx_uint_t                    i;
     ngx_msec_t                    left, elapsed;
     ngx_http_dify_limit_group_t  *g;
 
-    if (call->undeclared) {
+    if (stale) {
         ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_CLUSTER_SPLITS);
     }
 
