@@ -193,7 +193,8 @@ static size_t ngx_http_dify_limit_args(ngx_http_dify_limit_group_t **gs,
     ngx_uint_t n, ngx_uint_t refund, ngx_uint_t undeclared, u_char *p,
     const char **argv, size_t *argvlen);
 static void ngx_http_dify_limit_reply(redisReply *reply, void *data);
-static void ngx_http_dify_limit_split(ngx_http_dify_limit_call_t *call);
+static void ngx_http_dify_limit_split(ngx_http_dify_limit_call_t *call,
+    ngx_uint_t stale);
 static void ngx_http_dify_limit_group_reply(ngx_http_dify_limit_group_t *g,
     redisReply **element, ngx_uint_t *logged);
 static void ngx_http_dify_limit_group_done(ngx_http_dify_limit_group_t *g);
@@ -807,9 +808,27 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
                                                   ngx_http_dify_status_module);
 
         if (ngx_http_dify_redis_stale(mcf->rs, reply)) {
-            ngx_http_dify_limit_split(call);
+            ngx_http_dify_limit_split(call, 1);
             return;
         }
+    }
+
+    /*
+     * A key of another type than the script's (an override that is not a
+     * hash) fails the call of every group it carries, having written
+     * nothing: each goes again alone, so that only its own key's group
+     * takes the fallback, as when each key was a call of its own.
+     */
+
+    if (call->n > 1 && reply != NULL && reply->type == REDIS_REPLY_ERROR
+        && reply->str != NULL
+        && ngx_strlcasestrn((u_char *) reply->str,
+                            (u_char *) reply->str + ngx_min(reply->len, 256),
+                            (u_char *) "WRONGTYPE", sizeof("WRONGTYPE") - 2)
+           != NULL)
+    {
+        ngx_http_dify_limit_split(call, 0);
+        return;
     }
 
     need = 0;
@@ -868,25 +887,28 @@ ngx_http_dify_limit_reply(redisReply *reply, void *data)
 
 /*
  * A Cluster node's batch found a key the node does not serve (its slot
- * moved, or is being migrated, since the map was read): the script
- * wrote nothing.  Each group still waiting goes again alone, its keys
- * declared, so that MOVED and ASK lead it, in what is left of the time.
+ * moved, or is being migrated, since the map was read), or a batch met a
+ * key of another type: the script wrote nothing.  Each group still
+ * waiting goes again alone, its keys declared, so that MOVED and ASK
+ * lead it, in what is left of the time.
  */
 
 static void
-ngx_http_dify_limit_split(ngx_http_dify_limit_call_t *call)
+ngx_http_dify_limit_split(ngx_http_dify_limit_call_t *call, ngx_uint_t stale)
 {
     ngx_uint_t                    i;
     ngx_msec_t                    left, elapsed;
     ngx_http_dify_limit_group_t  *g;
 
-    ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_CLUSTER_SPLITS);
+    if (stale) {
+        ngx_http_dify_metrics_inc(NGX_HTTP_DIFY_M_REDIS_CLUSTER_SPLITS);
+    }
 
     elapsed = ngx_current_msec - call->sent;
     left = (elapsed < call->timeout) ? call->timeout - elapsed : 0;
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
-                   "dify_status limit: a node's call of %ui groups split, "
+                   "dify_status limit: a call of %ui groups split, "
                    "%M ms left", call->n, left);
 
     for (i = 0; i < call->n; i++) {

@@ -14,6 +14,8 @@
 #     last seen without one (a block, a lower burst), and one removed
 #     from a key last seen with one, are in force for the very next
 #     requests, batched with others;
+#   - an override of the wrong Redis type (not a hash) fails its own
+#     key's decision (the fallback), never the other keys of its call;
 #   - clients that go away while their group waits in the batch or in
 #     flight: the others are answered, nothing leaks (ASan, valgrind);
 #   - several workers: still exact.
@@ -220,6 +222,22 @@ subtest 'clients that leave while their group waits' => sub {
         'the clients that stayed are answered';
     my $r = patch($t, fresh_key('after'));
     is $r->{status}, 200, 'and the worker goes on';
+    $t->upstream_clear;
+};
+
+subtest 'an override of the wrong type: the other keys of its batch' => sub {
+    # not a hash (written by something else): HMGET fails with WRONGTYPE;
+    # that must not take the whole batch's call down with it
+    my $bad = fresh_key('wrongtype');
+    $t->redis('SET', limit_key($bad), 'not a hash');
+    my @good = map { fresh_key('beside') } 1 .. 5;
+    my @r = burst($t, @good, $bad);
+    is tally(map { $_->{status} } @r[0 .. 4]), '200 x5',
+        'every other key of the batch decided by Redis (no 503)';
+    is $r[5]{status}, 503,
+        'the key itself takes the fallback, as a call of its own did';
+    owes_units($t, $good[0], 1, 'charged once: the failed call wrote nothing');
+    is $t->redis('TYPE', limit_key($bad)), 'string', 'and left as it was';
     $t->upstream_clear;
 };
 

@@ -513,6 +513,28 @@ subtest 'nothing logged per request, no fallback' => sub {
     is metric('dify_status_redis_timeouts_total'), 0, 'no timeout';
 };
 
+# (after the subtest above: an error is logged here, once)
+subtest 'an override of the wrong type: only its own key falls back'
+=> sub {
+    my $p = $P[0];
+    my ($bad, @good) = tokens_on($p, 16, 'wt');
+    rcmd($p, 'SET', 'dify:status:{' . key_hash($bad) . '}:limit',
+         'not a hash');
+    my $split0 = metric('dify_status_redis_cluster_splits_total');
+
+    # the node's batch fails with WRONGTYPE, having written nothing: its
+    # groups go again alone, keys declared
+    my @r = burst([ map { [ $_, '/b/v1' ] } @good, $bad ]);
+    is tally(map { $_->{status} } @r[0 .. 14]), '200:15',
+       'every other key of the node decided by Redis (no 503)';
+    is $r[15]{status}, 503, 'the key itself takes the fallback';
+    my @o = grep { ($_ // '') ne '1' }
+            map { owed($p, state_key($_, 'default')) } @good;
+    is scalar(@o), 0, 'each other key charged once' or diag "@o";
+    is metric('dify_status_redis_cluster_splits_total') - $split0, 0,
+       'not a split of a stale map';
+};
+
 $t->done;
 
 done_testing;
