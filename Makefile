@@ -90,7 +90,8 @@ ifeq ($(strip $(T)),t)
 PAR_T     := $(filter-out $(SERIAL_T) $(SKIP_T),$(sort $(wildcard t/*.t)))
 ALONE_T   := $(filter-out $(SKIP_T),$(SERIAL_T))
 # $(1): the environment of the tests
-run_tests = $(1) $(PROVE) $(PAR_T) && $(1) prove $(ALONE_T)
+# (prove without files runs all of t/: none is run when none is left)
+run_tests = $(1) $(PROVE) $(PAR_T) $(if $(strip $(ALONE_T)),&& $(1) prove $(ALONE_T))
 else
 run_tests = $(1) $(PROVE) -r $(T)
 endif
