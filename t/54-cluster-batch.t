@@ -348,6 +348,22 @@ sub mixed {
 
 # the key's groups meet others of its primary in a worker's pass for
 # most bursts, not necessarily all: up to three, each on a fresh slot
+# after a batch met a slot that moved from $src to $dst: the key owes its
+# 5 units on $dst, every other key 1 on $src; true when a split was counted
+sub owes_after_split {
+    my ($k, $others, $src, $dst, $s0, $attempt) = @_;
+    is owed($dst, state_key($k, 'default')), 5,
+       "the key owes 5 units on $dst";
+    my @o = grep { ($_ // '') ne '1' }
+            map { owed($src, state_key($_, 'h')) } @$others;
+    is scalar(@o), 0, "each other key owes 1 unit on $src" or diag "@o";
+
+    my $s = metric('dify_status_redis_cluster_splits_total') - $s0;
+    diag "attempt $attempt: $s batches split";
+    return $s > 0;
+}
+
+
 subtest 'a slot half migrated while batched: split, ASK, exact' => sub {
     my ($src, $dst) = @P[0, 1];
     my $sid = node_id($src);
@@ -376,15 +392,7 @@ subtest 'a slot half migrated while batched: split, ASK, exact' => sub {
 
         is $mine, '200:5 429:3', 'the migrating key: exactly 5 of 8';
         is $rest, '200:48', 'the others: all 48 passed';
-        is owed($dst, state_key($k, 'default')), 5,
-           "the key owes 5 units on $dst";
-        my @o = grep { ($_ // '') ne '1' }
-                map { owed($src, state_key($_, 'h')) } @others;
-        is scalar(@o), 0, "each other key owes 1 unit on $src" or diag "@o";
-
-        my $s = metric('dify_status_redis_cluster_splits_total') - $s0;
-        diag "attempt $attempt: $s batches split";
-        last if $s > 0;
+        last if owes_after_split($k, \@others, $src, $dst, $s0, $attempt);
     }
 
     ok metric('dify_status_redis_cluster_splits_total') > $split0,
@@ -429,15 +437,7 @@ subtest 'a slot migrated for good under a stale map: split, MOVED, exact'
 
         is $mine, '200:2 429:4', 'the moved key: exactly 2 more of 6';
         is $rest, '200:48', 'the others: all 48 passed';
-        is owed($dst, state_key($k, 'default')), 5,
-           "the key owes 5 units on $dst";
-        my @o = grep { ($_ // '') ne '1' }
-                map { owed($src, state_key($_, 'h')) } @others;
-        is scalar(@o), 0, "each other key owes 1 unit on $src" or diag "@o";
-
-        my $s = metric('dify_status_redis_cluster_splits_total') - $s0;
-        diag "attempt $attempt: $s batches split";
-        last if $s > 0;
+        last if owes_after_split($k, \@others, $src, $dst, $s0, $attempt);
     }
 
     ok metric('dify_status_redis_cluster_splits_total') > $split0,
